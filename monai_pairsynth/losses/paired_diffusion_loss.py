@@ -1,0 +1,345 @@
+"""The shared training loss of the linked denoisers: summed noise-prediction MSE plus a perceptual term on x0.
+
+For modalities ``m`` with noise ``eps_m``, shared timestep ``t`` and prediction ``eps_hat_m``::
+
+    L = sum_m || eps_hat_m - eps_m ||^2                      (mean over elements, one term per modality)
+        + lambda_p * sum_m P_m                                 (lambda_p = ``perceptual_weight``, 0 before warm-up)
+
+where the perceptual term ``P_m`` compares features of the x0 estimate recovered from the prediction,
+``x0_hat_m = (x_t,m - sqrt(1 - abar_t) eps_hat_m) / sqrt(abar_t)`` (DDPM, Ho et al. 2020, eq. 15; for v-prediction
+``x0_hat = sqrt(abar_t) x_t - sqrt(1 - abar_t) v_hat``), clipped to [-1, 1]:
+
+- ``cross_modal`` (the Paired Diffusion paper's choice): ``P_m = mean_{n != m} d(F(x0_hat_m), F(x0_n))``, the
+  features of each modality's x0 estimate are pulled towards the features of the *other* modalities' x0,
+  which rewards structural agreement between the modalities of a triplet;
+- ``reconstruction``: ``P_m = d(F(x0_hat_m), F(x0_m))``, towards the modality's own ground truth.
+
+``d`` is the LPIPS-style distance (Zhang et al. 2018) without learned weights: each feature vector is
+normalised to unit length over channels, the squared difference is averaged over space and summed over
+the feature maps. ``F`` is pluggable (any module mapping ``(B, 1, *spatial)`` to a list of feature maps);
+the default is the fixed random network :class:`~monai_pairsynth.losses.RandomConvFeatures`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from monai.networks.schedulers import Scheduler
+from monai.networks.schedulers.ddpm import DDPMPredictionType
+from torch import nn
+
+from .random_conv_features import RandomConvFeatures, load_feature_weights
+
+__all__ = [
+    "PAIRED_TARGET_KEYS",
+    "PairedDiffusionLoss",
+    "PerceptualMode",
+    "make_paired_target",
+    "perceptual_distance",
+    "predict_original_sample",
+]
+
+#: keys of the structured target built by :func:`make_paired_target` (and the engines' prepare-batch).
+PAIRED_TARGET_KEYS = ("target", "original", "noise", "timesteps")
+
+
+class PerceptualMode(str, Enum):
+    """What the features of a modality's x0 estimate are compared with."""
+
+    CROSS_MODAL = "cross_modal"
+    RECONSTRUCTION = "reconstruction"
+
+
+def make_paired_target(
+    target: Mapping[str, torch.Tensor],
+    original: Mapping[str, torch.Tensor],
+    noise: Mapping[str, torch.Tensor],
+    timesteps: torch.Tensor,
+) -> dict:
+    """The structured target that lets :class:`PairedDiffusionLoss` recover x0 estimates.
+
+    Args:
+        target: ``{modality: (B, C, *spatial)}`` regression target (noise, velocity or the clean sample).
+        original: ``{modality: (B, C, *spatial)}`` clean samples x0 in [-1, 1].
+        noise: ``{modality: (B, C, *spatial)}`` the noise that was added.
+        timesteps: ``(B,)`` long tensor, shared by all modalities.
+    """
+    return {"target": dict(target), "original": dict(original), "noise": dict(noise), "timesteps": timesteps}
+
+
+def _is_structured(target: Mapping) -> bool:
+    return all(k in target for k in PAIRED_TARGET_KEYS) and isinstance(target["target"], Mapping)
+
+
+def _expand(values: torch.Tensor, ndim: int) -> torch.Tensor:
+    return values.reshape(values.shape + (1,) * (ndim - values.ndim))
+
+
+def predict_original_sample(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str = DDPMPredictionType.EPSILON,
+) -> torch.Tensor:
+    """x0 estimate from a network prediction at noisy ``sample`` x_t (Ho et al. 2020, eq. 15; Salimans & Ho 2022).
+
+    Args:
+        model_output: ``(B, C, *spatial)`` prediction (noise, velocity or sample, per ``prediction_type``).
+        sample: ``(B, C, *spatial)`` noisy input x_t.
+        timesteps: ``(B,)`` timesteps t.
+        alphas_cumprod: ``(T,)`` cumulative products abar of the noise schedule.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+
+    Returns:
+        ``(B, C, *spatial)`` x0 estimate (not clipped), in the dtype of ``sample`` promoted with float32.
+    """
+    abar = alphas_cumprod.to(device=sample.device, dtype=torch.float32)[timesteps.to(sample.device).long()]
+    sqrt_abar = _expand(abar.sqrt(), sample.ndim)
+    sqrt_one_minus = _expand((1.0 - abar).sqrt(), sample.ndim)
+    if prediction_type == DDPMPredictionType.EPSILON:
+        return (sample - sqrt_one_minus * model_output) / sqrt_abar
+    if prediction_type == DDPMPredictionType.V_PREDICTION:
+        return sqrt_abar * sample - sqrt_one_minus * model_output
+    if prediction_type == DDPMPredictionType.SAMPLE:
+        return model_output
+    raise ValueError(
+        f"prediction_type must be one of {[p.value for p in DDPMPredictionType]}, got {prediction_type!r}."
+    )
+
+
+def perceptual_distance(
+    features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor], eps: float = 1e-8
+) -> torch.Tensor:
+    """LPIPS-style distance without learned weights, per sample.
+
+    Each feature vector (over channels) is scaled to unit length, the squared difference is summed over
+    channels, averaged over space and summed over the feature maps.
+
+    Args:
+        features_a: list of ``(B, C_l, *spatial_l)`` feature maps.
+        features_b: list of the same shapes.
+
+    Returns:
+        ``(B,)`` distances, each in ``[0, 4 * len(features_a)]``.
+    """
+    if len(features_a) != len(features_b):
+        raise ValueError(f"feature lists differ in length: {len(features_a)} vs {len(features_b)}.")
+    total = None
+    for fa, fb in zip(features_a, features_b):
+        fa = fa.float() / (fa.float().pow(2).sum(1, keepdim=True) + eps).sqrt()
+        fb = fb.float() / (fb.float().pow(2).sum(1, keepdim=True) + eps).sqrt()
+        d = (fa - fb).pow(2).sum(1).flatten(1).mean(1)
+        total = d if total is None else total + d
+    if total is None:
+        raise ValueError("the feature network returned no feature maps.")
+    return total
+
+
+class PairedDiffusionLoss(nn.Module):
+    """Sum over modalities of the prediction MSE, plus an optional perceptual term on the x0 estimates.
+
+    Called as ``loss(model_output, target)`` (the ``SupervisedTrainer`` convention), where ``model_output`` is
+    ``{modality: (B, C, *spatial)}`` and ``target`` is either
+
+    - ``{modality: (B, C, *spatial)}`` (plain regression targets; only the MSE part is available), or
+    - the structured dict of :func:`make_paired_target` (as built by
+      :class:`~monai_pairsynth.engines.PairedDiffusionPrepareBatch`), which also carries x0, the noise and the
+      shared timesteps so the x0 estimates can be recovered.
+
+    After every call, :attr:`last_components` holds detached scalars: ``mse_<modality>``, ``mse`` (their sum),
+    ``perceptual_<modality>`` and ``perceptual`` (the unweighted perceptual sum, 0 while the term is off),
+    ``perceptual_weight`` and ``loss`` (the returned total). A handler such as
+    :class:`~monai_pairsynth.engines.LossComponentsHandler` copies them to ``engine.state.metrics``.
+
+    Args:
+        scheduler: the MONAI noise scheduler of the training run (its ``alphas_cumprod`` recover x0 and
+            ``add_noise`` rebuilds x_t). Required when the perceptual term is used.
+        prediction_type: ``"epsilon"`` (default), ``"v_prediction"`` or ``"sample"``; ``None`` takes the
+            scheduler's ``prediction_type`` (or ``"epsilon"`` without a scheduler).
+        perceptual_weight: weight of the perceptual term; 0 switches it off (its features are not even
+            computed). Settable at run time (``loss.perceptual_weight = 0.1``), as
+            :class:`~monai_pairsynth.engines.PerceptualWarmup` does.
+        perceptual_mode: ``"cross_modal"`` (the paper's) or ``"reconstruction"``.
+        feature_network: module mapping ``(B, 1, *spatial)`` to a list of feature maps; its parameters are
+            frozen here. Default: ``RandomConvFeatures(spatial_dims, seed=feature_seed)``.
+        feature_weights_path: optional local state-dict file loaded into the feature network (clear error
+            if missing or mismatched). Nothing is downloaded.
+        spatial_dims: 2 or 3, for the default feature network.
+        feature_seed: seed of the default random feature network.
+        clip_original: clip the x0 estimates to [-1, 1] before extracting features (the diffusion range).
+
+    Example:
+        >>> import torch
+        >>> loss = PairedDiffusionLoss()
+        >>> pred = {"ct": torch.zeros(2, 1, 4, 4), "pet": torch.ones(2, 1, 4, 4)}
+        >>> target = {"ct": torch.ones(2, 1, 4, 4), "pet": torch.ones(2, 1, 4, 4)}
+        >>> float(loss(pred, target))
+        1.0
+        >>> {k: float(v) for k, v in loss.last_components.items() if k.startswith("mse")}
+        {'mse_ct': 1.0, 'mse_pet': 0.0, 'mse': 1.0}
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler | None = None,
+        prediction_type: str | None = None,
+        perceptual_weight: float = 0.0,
+        perceptual_mode: PerceptualMode | str = PerceptualMode.CROSS_MODAL,
+        feature_network: nn.Module | None = None,
+        feature_weights_path: str | os.PathLike | None = None,
+        spatial_dims: int = 2,
+        feature_seed: int = 0,
+        clip_original: bool = True,
+    ) -> None:
+        super().__init__()
+        if prediction_type is None:
+            prediction_type = getattr(scheduler, "prediction_type", DDPMPredictionType.EPSILON)
+        allowed = [p.value for p in DDPMPredictionType]
+        if prediction_type not in allowed:
+            raise ValueError(f"prediction_type must be one of {allowed}, got {prediction_type!r}.")
+        try:
+            self.perceptual_mode = PerceptualMode(perceptual_mode)
+        except ValueError:
+            raise ValueError(
+                f"perceptual_mode must be one of {[m.value for m in PerceptualMode]}, got {perceptual_mode!r}."
+            ) from None
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be one of [2, 3], got {spatial_dims!r}.")
+        self.scheduler = scheduler
+        self.prediction_type = str(DDPMPredictionType(prediction_type).value)
+        self.spatial_dims = spatial_dims
+        self.clip_original = clip_original
+        if feature_network is None:
+            feature_network = RandomConvFeatures(spatial_dims=spatial_dims, in_channels=1, seed=feature_seed)
+        if not isinstance(feature_network, nn.Module):
+            raise ValueError(
+                f"feature_network must be a torch.nn.Module, got {type(feature_network).__name__}."
+            )
+        if feature_weights_path is not None:
+            load_feature_weights(feature_network, feature_weights_path)
+        for p in feature_network.parameters():
+            p.requires_grad_(False)
+        feature_network.eval()
+        self.feature_network = feature_network
+        self._perceptual_weight = 0.0
+        self.perceptual_weight = perceptual_weight
+        self.last_components: dict[str, torch.Tensor] = {}
+
+    @property
+    def perceptual_weight(self) -> float:
+        """Current weight of the perceptual term (0 = off)."""
+        return self._perceptual_weight
+
+    @perceptual_weight.setter
+    def perceptual_weight(self, value: float) -> None:
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"perceptual_weight must be a finite number >= 0, got {value!r}.")
+        if value > 0 and self.scheduler is None:
+            raise ValueError(
+                "a perceptual_weight > 0 needs the noise scheduler (scheduler=...) to recover x0."
+            )
+        self._perceptual_weight = value
+
+    def train(self, mode: bool = True) -> PairedDiffusionLoss:
+        super().train(mode)
+        self.feature_network.eval()  # frozen features: keep any norm/dropout layers in eval mode
+        return self
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # fold channels into the batch: the feature network takes single-channel images
+        b, c = x.shape[:2]
+        feats = self.feature_network(x.reshape(b * c, 1, *x.shape[2:]))
+        return [f.reshape(b, c, *f.shape[1:]).flatten(1, 2) for f in feats]
+
+    def forward(self, model_output: Mapping[str, torch.Tensor], target: Mapping) -> torch.Tensor:
+        """Args:
+            model_output: ``{modality: (B, C, *spatial)}`` network predictions.
+            target: ``{modality: (B, C, *spatial)}`` or the structured dict of :func:`make_paired_target`.
+
+        Returns:
+            scalar total loss.
+        """
+        if not isinstance(model_output, Mapping):
+            raise ValueError(
+                f"model_output must be a dict {{modality: tensor}}, got {type(model_output).__name__}."
+            )
+        if not isinstance(target, Mapping):
+            raise ValueError(f"target must be a dict, got {type(target).__name__}.")
+        structured = _is_structured(target)
+        regression = target["target"] if structured else target
+        modalities = list(regression)
+        if not modalities:
+            raise ValueError("target holds no modality.")
+        missing = [m for m in modalities if m not in model_output]
+        if missing:
+            raise KeyError(f"model_output lacks modalities {missing}; it has {sorted(model_output)}.")
+        comps: dict[str, torch.Tensor] = {}
+        mse_total = None
+        for m in modalities:
+            pred, tgt = model_output[m], regression[m]
+            if pred.shape != tgt.shape:
+                raise ValueError(
+                    f"prediction and target of modality {m!r} differ in shape: {tuple(pred.shape)} vs {tuple(tgt.shape)}."
+                )
+            mse = F.mse_loss(pred.float(), tgt.float())
+            comps[f"mse_{m}"] = mse.detach()
+            mse_total = mse if mse_total is None else mse_total + mse
+        assert mse_total is not None
+        comps["mse"] = mse_total.detach()
+        total = mse_total
+        perceptual = torch.zeros((), device=total.device)
+        if self.perceptual_weight > 0:
+            if not structured:
+                raise ValueError(
+                    "the perceptual term needs the structured target of make_paired_target (x0, noise, timesteps); "
+                    f"got a plain dict with keys {sorted(target)}."
+                )
+            per_mod = self._perceptual(model_output, target, modalities)
+            for m, v in per_mod.items():
+                comps[f"perceptual_{m}"] = v.detach()
+                perceptual = perceptual + v
+            total = total + self.perceptual_weight * perceptual
+        comps["perceptual"] = perceptual.detach()
+        comps["perceptual_weight"] = torch.tensor(self.perceptual_weight)
+        comps["loss"] = total.detach()
+        self.last_components = comps
+        return total
+
+    def _perceptual(
+        self, model_output: Mapping[str, torch.Tensor], target: Mapping, modalities: list[str]
+    ) -> dict[str, torch.Tensor]:
+        if self.perceptual_mode == PerceptualMode.CROSS_MODAL and len(modalities) < 2:
+            raise ValueError("perceptual_mode 'cross_modal' needs at least two modalities.")
+        assert self.scheduler is not None
+        timesteps = target["timesteps"]
+        alphas_cumprod = self.scheduler.alphas_cumprod
+        ref_feats = {}
+        est_feats = {}
+        for m in modalities:
+            original = target["original"][m].float()
+            noisy = self.scheduler.add_noise(original, target["noise"][m].float(), timesteps)
+            x0_hat = predict_original_sample(
+                model_output[m].float(), noisy, timesteps, alphas_cumprod, self.prediction_type
+            )
+            if self.clip_original:
+                x0_hat = x0_hat.clamp(-1.0, 1.0)
+            est_feats[m] = self._features(x0_hat)
+            with torch.no_grad():
+                ref_feats[m] = self._features(original)
+        out = {}
+        for m in modalities:
+            if self.perceptual_mode == PerceptualMode.RECONSTRUCTION:
+                out[m] = perceptual_distance(est_feats[m], ref_feats[m]).mean()
+            else:
+                others = [n for n in modalities if n != m]
+                out[m] = torch.stack(
+                    [perceptual_distance(est_feats[m], ref_feats[n]).mean() for n in others]
+                ).mean()
+        return out
