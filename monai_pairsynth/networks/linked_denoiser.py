@@ -1,0 +1,289 @@
+"""One modality's denoiser in Paired Diffusion: a diffusion UNet conditioned on the other modalities."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from monai.utils import ensure_tuple_rep
+from torch import nn
+
+from monai_pairsynth.networks.conditional_encoder import ConditionalEncoder
+from monai_pairsynth.networks.cross_encoder_attention import CrossEncoderAttention
+from monai_pairsynth.networks.timestep_cbam import TimestepCBAM
+from monai_pairsynth.networks.timestep_lowpass_filter import TimestepLowPassFilter
+
+__all__ = ["LinkedDenoiser", "unet_residual_levels"]
+
+
+def unet_residual_levels(num_res_blocks: Sequence[int]) -> list[int]:
+    """Resolution level of every down-block residual of a MONAI ``DiffusionModelUNet``.
+
+    ``DiffusionModelUNet.forward`` collects, in order: the output of ``conv_in`` (level 0), then for every
+    level ``i`` the output of each of its ``num_res_blocks[i]`` res blocks (level ``i``, ``channels[i]``
+    channels) followed, except at the last level, by the output of its downsampler (level ``i + 1``, still
+    ``channels[i]`` channels). ``down_block_additional_residuals`` must match this list one to one.
+
+    Args:
+        num_res_blocks: res blocks per level.
+
+    Returns:
+        the level of each residual; residual ``j`` has spatial size ``input_size / 2**levels[j]``.
+
+    Example:
+        >>> unet_residual_levels([1, 1, 1])
+        [0, 0, 1, 1, 2, 2]
+    """
+    levels = [0]
+    for i, n in enumerate(num_res_blocks):
+        levels += [i] * n
+        if i < len(num_res_blocks) - 1:
+            levels.append(i + 1)
+    return levels
+
+
+def _unet_residual_channels(channels: Sequence[int], num_res_blocks: Sequence[int]) -> list[int]:
+    out = [channels[0]]
+    for i, n in enumerate(num_res_blocks):
+        out += [channels[i]] * n
+        if i < len(channels) - 1:
+            out.append(channels[i])
+    return out
+
+
+class LinkedDenoiser(nn.Module):
+    """A MONAI ``DiffusionModelUNet`` plus a conditional pathway fed by the other modalities' noisy images.
+
+    Data flow for one denoiser (``K`` conditions, ``L`` levels)::
+
+        x_m (noisy own modality) ---------------------------------------------> unet ---> prediction
+                                                                                 ^  ^
+        x_k (noisy other modality k = 1..K)                                      |  | zero-init 1x1 convs
+          -> cond_filters[k]   (TimestepLowPassFilter, 2 parameters + MLP(t))    |  | (one per down-block
+          -> cond_encoders[k]  (ConditionalEncoder: features at levels 0..L-1)   |  |  residual + mid)
+          -> cond_attention    (CrossEncoderAttention across the K encoders,     |  |
+                                lowest level only)                               |  |
+          -> per level: concat over k -> cond_fusion_convs[l] (1x1)              |  |
+                        -> cond_fusion_cbams[l] (TimestepCBAM) -> fused_l -------+--+
+
+    The fused feature of level ``l`` feeds every UNet down-block residual at that resolution (see
+    :func:`unet_residual_levels`) through its own zero-initialised 1x1 convolution
+    (``cond_residual_projections``) and the lowest level also feeds the mid-block residual
+    (``cond_mid_projection``). With all projections zero at initialisation the denoiser computes exactly
+    what its ``unet`` alone computes, whatever the conditions; training moves the projections off zero and
+    opens the pathway (the ControlNet pattern, Zhang et al. 2023). The filters and CBAMs take a timestep
+    embedding from ``cond_time_embed`` (MONAI's sinusoidal ``get_timestep_embedding`` + a small MLP owned by
+    this module).
+
+    All submodules of the conditional pathway are named ``cond_*``; ``unet`` is the plain MONAI network.
+
+    Args:
+        spatial_dims: number of spatial dimensions (2 or 3).
+        in_channels: channels of this modality's image (also the output channels).
+        condition_names: names of the other modalities, in the order their encoders are fused.
+        channels: UNet channels per level (MONAI ``DiffusionModelUNet`` ``channels``).
+        attention_levels: UNet self-attention per level.
+        num_res_blocks: UNet res blocks per level (int or one per level).
+        norm_num_groups: group-norm groups everywhere (must divide every entry of ``channels`` and
+            ``cond_channels``).
+        num_head_channels: channels per attention head of the UNet (int or one per level); the last level's
+            value is also used by the cross-encoder attention.
+        cond_channels: conditional-encoder channels per level; ``None`` uses ``channels``.
+        cond_in_channels: channels of the conditional images; ``None`` uses ``in_channels``.
+        encoder_attention: whether to apply :class:`CrossEncoderAttention` at the lowest level.
+        filter_init_cutoff: initial cut-off of every low-pass filter (fraction of Nyquist).
+        filter_init_strength: initial strength of every low-pass filter.
+
+    Example:
+        >>> import torch
+        >>> net = LinkedDenoiser(2, 1, ["pet", "label"], channels=(8, 16), attention_levels=(False, False),
+        ...                      norm_num_groups=4)
+        >>> x = torch.randn(2, 1, 16, 16)
+        >>> cond = {"pet": torch.randn(2, 1, 16, 16), "label": torch.randn(2, 1, 16, 16)}
+        >>> net(x, torch.tensor([10, 500]), cond).shape
+        torch.Size([2, 1, 16, 16])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        condition_names: Sequence[str],
+        channels: Sequence[int] = (32, 64, 64),
+        attention_levels: Sequence[bool] = (False, False, True),
+        num_res_blocks: int | Sequence[int] = 1,
+        norm_num_groups: int = 8,
+        num_head_channels: int | Sequence[int] = 8,
+        cond_channels: Sequence[int] | None = None,
+        cond_in_channels: int | None = None,
+        encoder_attention: bool = True,
+        filter_init_cutoff: float = 0.4,
+        filter_init_strength: float = 0.8,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        condition_names = tuple(condition_names)
+        if len(condition_names) < 1 or len(set(condition_names)) != len(condition_names):
+            raise ValueError(f"condition_names must be one or more distinct names, got {condition_names}.")
+        channels = tuple(int(c) for c in channels)
+        num_levels = len(channels)
+        num_res_blocks = ensure_tuple_rep(num_res_blocks, num_levels)
+        if len(num_res_blocks) != num_levels or any(n < 1 for n in num_res_blocks):
+            raise ValueError(
+                f"num_res_blocks must be an int >= 1 or one int >= 1 per level ({num_levels}), got {num_res_blocks}."
+            )
+        head_channels = ensure_tuple_rep(num_head_channels, num_levels)
+        cond_channels = channels if cond_channels is None else tuple(int(c) for c in cond_channels)
+        if len(cond_channels) != num_levels:
+            raise ValueError(
+                f"cond_channels must have one entry per level of channels {channels}, got {cond_channels}."
+            )
+        if any(c % norm_num_groups for c in cond_channels):
+            raise ValueError(
+                f"every entry of cond_channels {cond_channels} must be divisible by norm_num_groups={norm_num_groups}."
+            )
+        if encoder_attention and cond_channels[-1] % head_channels[-1]:
+            raise ValueError(
+                f"the cross-encoder attention needs num_head_channels={head_channels[-1]} (last level) to divide "
+                f"cond_channels[-1]={cond_channels[-1]}."
+            )
+        cond_in_channels = in_channels if cond_in_channels is None else cond_in_channels
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.cond_in_channels = cond_in_channels
+        self.condition_names = condition_names
+        self.channels = channels
+        self.num_res_blocks = tuple(num_res_blocks)
+        self.cond_channels = cond_channels
+
+        self.unet = DiffusionModelUNet(
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=in_channels,
+            num_res_blocks=num_res_blocks,
+            channels=channels,
+            attention_levels=attention_levels,
+            norm_num_groups=norm_num_groups,
+            num_head_channels=num_head_channels,
+        )
+
+        # timestep embedding of the conditional pathway (filters and CBAMs)
+        self.cond_temb_dim = 4 * cond_channels[0]
+        self.cond_time_embed = nn.Sequential(
+            nn.Linear(cond_channels[0], self.cond_temb_dim),
+            nn.SiLU(),
+            nn.Linear(self.cond_temb_dim, self.cond_temb_dim),
+        )
+        self.cond_filters = nn.ModuleDict(
+            {
+                name: TimestepLowPassFilter(
+                    self.cond_temb_dim, init_cutoff=filter_init_cutoff, init_strength=filter_init_strength
+                )
+                for name in condition_names
+            }
+        )
+        self.cond_encoders = nn.ModuleDict(
+            {
+                name: ConditionalEncoder(
+                    spatial_dims, cond_in_channels, cond_channels, norm_num_groups=norm_num_groups
+                )
+                for name in condition_names
+            }
+        )
+        num_cond = len(condition_names)
+        self.cond_attention = (
+            CrossEncoderAttention(cond_channels[-1], num_cond, num_head_channels=head_channels[-1])
+            if encoder_attention
+            else None
+        )
+        self.cond_fusion_convs = nn.ModuleList(
+            Convolution(spatial_dims, num_cond * c, c, kernel_size=1, conv_only=True) for c in cond_channels
+        )
+        self.cond_fusion_cbams = nn.ModuleList(
+            TimestepCBAM(spatial_dims, c, self.cond_temb_dim) for c in cond_channels
+        )
+
+        # zero-initialised injections into the UNet's additional residual inputs
+        self.residual_levels = unet_residual_levels(self.num_res_blocks)
+        residual_channels = _unet_residual_channels(channels, self.num_res_blocks)
+        self.cond_residual_projections = nn.ModuleList(
+            self._zero_conv(cond_channels[level], c)
+            for level, c in zip(self.residual_levels, residual_channels)
+        )
+        self.cond_mid_projection = self._zero_conv(cond_channels[-1], channels[-1])
+
+    def _zero_conv(self, c_in: int, c_out: int) -> nn.Module:
+        conv = Convolution(self.spatial_dims, c_in, c_out, kernel_size=1, conv_only=True)
+        for p in conv.parameters():
+            nn.init.zeros_(p)
+        return conv
+
+    def conditional_residuals(
+        self, timesteps: torch.Tensor, conditions: Mapping[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The conditional pathway alone: residuals to add inside the UNet.
+
+        Args:
+            timesteps: ``(B,)`` timesteps (or ``(1,)``, shared by the batch).
+            conditions: ``{name: (B, cond_in_channels, H, W[, D])}`` for every name in ``condition_names``.
+
+        Returns:
+            ``(down_block_additional_residuals, mid_block_additional_residual)`` with the shapes
+            ``DiffusionModelUNet.forward`` expects.
+        """
+        missing = [n for n in self.condition_names if n not in conditions]
+        extra = [n for n in conditions if n not in self.condition_names]
+        if missing or extra:
+            raise ValueError(
+                f"conditions must have exactly the keys {list(self.condition_names)}; missing {missing}, "
+                f"unexpected {extra}."
+            )
+        first = conditions[self.condition_names[0]]
+        t_emb = get_timestep_embedding(timesteps, self.cond_channels[0]).to(first.dtype)
+        temb = self.cond_time_embed(t_emb)
+        if temb.shape[0] != first.shape[0]:
+            temb = temb.expand(first.shape[0], -1)
+        encoded = [
+            self.cond_encoders[n](self.cond_filters[n](conditions[n], temb)) for n in self.condition_names
+        ]
+        if self.cond_attention is not None:
+            lowest = self.cond_attention([features[-1] for features in encoded])
+            encoded = [[*features[:-1], low] for features, low in zip(encoded, lowest)]
+        fused = []
+        for level, (conv, cbam) in enumerate(zip(self.cond_fusion_convs, self.cond_fusion_cbams)):
+            fused.append(cbam(conv(torch.cat([features[level] for features in encoded], dim=1)), temb))
+        down = [
+            proj(fused[level]) for proj, level in zip(self.cond_residual_projections, self.residual_levels)
+        ]
+        return down, self.cond_mid_projection(fused[-1])
+
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, conditions: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Predict this modality's noise (or whatever the UNet is trained to output).
+
+        Args:
+            x: this modality's noisy image ``(B, in_channels, H, W[, D])``; every spatial size divisible by
+                ``2 ** (len(channels) - 1)``.
+            timesteps: ``(B,)`` timesteps (or ``(1,)``, shared by the batch).
+            conditions: the other modalities' noisy images at the same timestep,
+                ``{name: (B, cond_in_channels, H, W[, D])}`` for every name in ``condition_names``.
+
+        Returns:
+            the prediction ``(B, in_channels, H, W[, D])``.
+        """
+        for name, cond in conditions.items():
+            if cond.shape[0] != x.shape[0] or cond.shape[2:] != x.shape[2:]:
+                raise ValueError(
+                    f"condition '{name}' has shape {tuple(cond.shape)}, incompatible with x of shape "
+                    f"{tuple(x.shape)} (batch and spatial sizes must match)."
+                )
+        down, mid = self.conditional_residuals(timesteps, conditions)
+        return self.unet(
+            x, timesteps, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid
+        )

@@ -1,0 +1,244 @@
+"""Paired Diffusion: linked denoisers, one per modality, each conditioned on the others."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from torch import nn
+
+from monai_pairsynth.networks.linked_denoiser import LinkedDenoiser
+
+__all__ = ["PairedDiffusionModel"]
+
+
+class PairedDiffusionModel(nn.Module):
+    """A ``ModuleDict`` of :class:`LinkedDenoiser` s keyed by modality, stepped together.
+
+    The denoiser of modality ``m`` sees its own noisy image and, through its conditional pathway, the noisy
+    images of all other modalities at the same timestep::
+
+        noisy = {"ct": x_ct, "pet": x_pet, "label": x_label}, timesteps t
+          denoisers["ct"](x_ct, t, {"pet": x_pet, "label": x_label})    -> prediction["ct"]
+          denoisers["pet"](x_pet, t, {"ct": x_ct, "label": x_label})    -> prediction["pet"]
+          denoisers["label"](x_label, t, {"ct": x_ct, "pet": x_pet})    -> prediction["label"]
+
+    Each denoiser has its own parameters (``model.denoiser("pet").parameters()`` feeds one optimiser).
+    Network arguments are MONAI ``DiffusionModelUNet`` names and are shared by all denoisers.
+
+    Args:
+        modalities: two or more distinct modality names (valid ``nn.Module`` attribute names, no ``.``).
+        spatial_dims: 2 or 3.
+        in_channels: channels of every modality's image (and of every prediction).
+        channels: UNet channels per level.
+        attention_levels: UNet self-attention per level.
+        num_res_blocks: UNet res blocks per level (int or one per level).
+        norm_num_groups: group-norm groups.
+        num_head_channels: channels per attention head (int or one per level).
+        cond_channels: conditional-encoder channels per level; ``None`` uses ``channels``.
+        encoder_attention: attention between each denoiser's conditional encoders at the lowest level.
+        filter_init_cutoff: initial cut-off of the low-pass filters (fraction of Nyquist, in (0, 1)).
+        filter_init_strength: initial strength of the low-pass filters (in (0, 1)).
+
+    Example:
+        >>> import torch
+        >>> model = PairedDiffusionModel(("ct", "pet"), channels=(8, 16), attention_levels=(False, False),
+        ...                              norm_num_groups=4)
+        >>> noisy = {"ct": torch.randn(2, 1, 16, 16), "pet": torch.randn(2, 1, 16, 16)}
+        >>> out = model(noisy, torch.tensor([3, 700]))
+        >>> {k: tuple(v.shape) for k, v in out.items()}
+        {'ct': (2, 1, 16, 16), 'pet': (2, 1, 16, 16)}
+        >>> rebuilt = PairedDiffusionModel(**model.get_config())
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[str] = ("ct", "pet", "label"),
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        channels: Sequence[int] = (32, 64, 64),
+        attention_levels: Sequence[bool] = (False, False, True),
+        num_res_blocks: int | Sequence[int] = 1,
+        norm_num_groups: int = 8,
+        num_head_channels: int | Sequence[int] = 8,
+        cond_channels: Sequence[int] | None = None,
+        encoder_attention: bool = True,
+        filter_init_cutoff: float = 0.4,
+        filter_init_strength: float = 0.8,
+    ) -> None:
+        super().__init__()
+        if isinstance(modalities, str):
+            raise ValueError(f"modalities must be a sequence of names, got the string '{modalities}'.")
+        modalities = tuple(modalities)
+        if len(modalities) < 2:
+            raise ValueError(f"PairedDiffusionModel needs at least two modalities, got {list(modalities)}.")
+        if len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must be distinct, got {list(modalities)}.")
+        reserved = set(dir(nn.ModuleDict()))
+        for name in modalities:
+            if not isinstance(name, str) or not name or "." in name or name in reserved:
+                raise ValueError(
+                    f"modality name {name!r} is not allowed: names must be non-empty strings without '.' that "
+                    f"are not attributes of nn.ModuleDict."
+                )
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}.")
+        channels = [int(c) for c in channels]
+        if len(channels) < 1:
+            raise ValueError("channels must have at least one level.")
+        if len(attention_levels) != len(channels):
+            raise ValueError(
+                f"attention_levels {list(attention_levels)} must have one entry per level of channels {channels}."
+            )
+        if any(c % norm_num_groups for c in channels):
+            raise ValueError(
+                f"every entry of channels {channels} must be divisible by norm_num_groups={norm_num_groups}."
+            )
+
+        self._config: dict[str, Any] = {
+            "modalities": list(modalities),
+            "spatial_dims": int(spatial_dims),
+            "in_channels": int(in_channels),
+            "channels": channels,
+            "attention_levels": [bool(a) for a in attention_levels],
+            "num_res_blocks": int(num_res_blocks)
+            if isinstance(num_res_blocks, int)
+            else [int(n) for n in num_res_blocks],
+            "norm_num_groups": int(norm_num_groups),
+            "num_head_channels": int(num_head_channels)
+            if isinstance(num_head_channels, int)
+            else [int(n) for n in num_head_channels],
+            "cond_channels": None if cond_channels is None else [int(c) for c in cond_channels],
+            "encoder_attention": bool(encoder_attention),
+            "filter_init_cutoff": float(filter_init_cutoff),
+            "filter_init_strength": float(filter_init_strength),
+        }
+        self._modalities = modalities
+        self._spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.downsample_factor = 2 ** (len(channels) - 1)
+        self.denoisers = nn.ModuleDict(
+            {
+                name: LinkedDenoiser(
+                    spatial_dims=spatial_dims,
+                    in_channels=in_channels,
+                    condition_names=[other for other in modalities if other != name],
+                    channels=channels,
+                    attention_levels=attention_levels,
+                    num_res_blocks=num_res_blocks,
+                    norm_num_groups=norm_num_groups,
+                    num_head_channels=num_head_channels,
+                    cond_channels=cond_channels,
+                    encoder_attention=encoder_attention,
+                    filter_init_cutoff=filter_init_cutoff,
+                    filter_init_strength=filter_init_strength,
+                )
+                for name in modalities
+            }
+        )
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality names, in constructor order."""
+        return self._modalities
+
+    @property
+    def spatial_dims(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return self._spatial_dims
+
+    def get_config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments: ``PairedDiffusionModel(**model.get_config())`` rebuilds it."""
+        return {k: list(v) if isinstance(v, list) else v for k, v in self._config.items()}
+
+    def denoiser(self, name: str) -> LinkedDenoiser:
+        """The denoiser of modality ``name``."""
+        if name not in self.denoisers:
+            raise KeyError(f"unknown modality '{name}'; the model has {list(self._modalities)}.")
+        return self.denoisers[name]  # type: ignore[return-value]
+
+    def validate_inputs(self, noisy: Mapping[str, torch.Tensor], timesteps: torch.Tensor) -> None:
+        """Raise a ``ValueError`` naming the modality, shape or value if ``forward`` cannot take the inputs.
+
+        Checks: every modality present and no unknown one; each a tensor ``(B, in_channels, *spatial)`` with
+        ``spatial_dims`` spatial dimensions; all modalities of one shape; every spatial size divisible by
+        ``2 ** (len(channels) - 1)``; no NaN or Inf; ``timesteps`` a 0-d tensor or a 1-d tensor of length 1
+        or ``B``.
+
+        Args:
+            noisy: ``{modality: (B, C, H, W[, D])}``.
+            timesteps: ``(B,)``, ``(1,)`` or scalar tensor.
+        """
+        if not isinstance(noisy, Mapping):
+            raise ValueError(f"noisy must be a dict {{modality: tensor}}, got {type(noisy).__name__}.")
+        expected = list(self._modalities)
+        missing = [m for m in expected if m not in noisy]
+        if missing:
+            raise ValueError(f"missing modality {missing} in the input; expected exactly {expected}.")
+        extra = [m for m in noisy if m not in self._modalities]
+        if extra:
+            raise ValueError(f"unknown modality {extra} in the input; expected exactly {expected}.")
+        for m in expected:
+            x = noisy[m]
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"modality '{m}' must be a torch.Tensor, got {type(x).__name__}.")
+            if x.ndim != self._spatial_dims + 2:
+                layout = "(B, C, H, W)" if self._spatial_dims == 2 else "(B, C, H, W, D)"
+                raise ValueError(
+                    f"modality '{m}' has shape {tuple(x.shape)} ({x.ndim} dims); this {self._spatial_dims}D model "
+                    f"expects {layout}."
+                )
+            if x.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"modality '{m}' has {x.shape[1]} channels (shape {tuple(x.shape)}); expected {self.in_channels}."
+                )
+        shapes = {m: tuple(noisy[m].shape) for m in expected}
+        if len(set(shapes.values())) != 1:
+            listing = ", ".join(f"'{m}': {s}" for m, s in shapes.items())
+            raise ValueError(f"all modalities must have one shape, got {listing}.")
+        shape = shapes[expected[0]]
+        bad = [s for s in shape[2:] if s % self.downsample_factor]
+        if bad:
+            raise ValueError(
+                f"spatial size {shape[2:]} (input shape {shape}) cannot be downsampled by this UNet: "
+                f"every spatial size must be divisible by {self.downsample_factor} = 2**(len(channels) - 1); "
+                f"size(s) {bad} are not."
+            )
+        for m in expected:
+            if not torch.isfinite(noisy[m]).all():
+                raise ValueError(f"modality '{m}' contains NaN or Inf values (shape {shape}).")
+        if not isinstance(timesteps, torch.Tensor):
+            raise ValueError(f"timesteps must be a torch.Tensor, got {type(timesteps).__name__}.")
+        batch = shape[0]
+        if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.shape[0] not in (1, batch)):
+            raise ValueError(
+                f"timesteps must have shape ({batch},) (one per sample), (1,) or () for a batch of {batch}, "
+                f"got shape {tuple(timesteps.shape)}."
+            )
+
+    def forward(self, noisy: Mapping[str, torch.Tensor], timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run every denoiser on its own noisy image, conditioned on all the others.
+
+        Args:
+            noisy: ``{modality: (B, in_channels, H, W[, D])}`` for every modality, all at timestep ``timesteps``.
+            timesteps: ``(B,)`` (or ``(1,)`` / scalar, shared by the batch).
+
+        Returns:
+            ``{modality: prediction}``, each of the input's shape.
+        """
+        self.validate_inputs(noisy, timesteps)
+        inputs = {
+            m: noisy[m].as_tensor() if isinstance(noisy[m], MetaTensor) else noisy[m]
+            for m in self._modalities
+        }
+        batch = inputs[self._modalities[0]].shape[0]
+        timesteps = timesteps.as_tensor() if isinstance(timesteps, MetaTensor) else timesteps
+        timesteps = timesteps.reshape(-1).expand(batch)
+        return {
+            m: self.denoisers[m](inputs[m], timesteps, {o: inputs[o] for o in self._modalities if o != m})
+            for m in self._modalities
+        }
