@@ -2,6 +2,51 @@
 
 from __future__ import annotations
 
+from .hecktor import (
+    HECKTOR_CENTRES,
+    DatasetError,
+    hecktor_datalist,
+    load_datalist_json,
+    patient_id_from_case,
+    split_by_patient,
+    write_phantom_hecktor,
+)
 from .phantom import PhantomDataset, PhantomTissue, make_phantom_case, phantom_affine
+from .preprocessing import (
+    CentreOfMassCrop,
+    CentreOfMassCropd,
+    CheckBinaryLabeld,
+    DatasetErrorCompose,
+    DenormalizeModalitiesd,
+    ExtractTumourSlicesd,
+    LoadCaseImaged,
+    NormalizeModalitiesd,
+    augmentation_transforms,
+    preprocess_datalist,
+    preprocessing_transforms,
+)
 
-__all__ = ["PhantomDataset", "PhantomTissue", "make_phantom_case", "phantom_affine"]
+__all__ = [
+    "HECKTOR_CENTRES",
+    "CentreOfMassCrop",
+    "CentreOfMassCropd",
+    "CheckBinaryLabeld",
+    "DatasetError",
+    "DatasetErrorCompose",
+    "DenormalizeModalitiesd",
+    "ExtractTumourSlicesd",
+    "LoadCaseImaged",
+    "NormalizeModalitiesd",
+    "PhantomDataset",
+    "PhantomTissue",
+    "augmentation_transforms",
+    "hecktor_datalist",
+    "load_datalist_json",
+    "make_phantom_case",
+    "patient_id_from_case",
+    "phantom_affine",
+    "preprocess_datalist",
+    "preprocessing_transforms",
+    "split_by_patient",
+    "write_phantom_hecktor",
+]

@@ -1,0 +1,629 @@
+"""Preprocessing and augmentation transforms for PET/CT/mask samples (MONAI dictionary transforms).
+
+The file pipeline built by :func:`preprocessing_transforms` is, in MONAI terms::
+
+    LoadCaseImaged -> EnsureChannelFirstd -> CheckBinaryLabeld -> Orientationd("RAS")
+      -> ResampleToMatchd(PET, label -> CT grid) -> Spacingd(2 mm; bilinear images, nearest masks)
+      -> NormalizeModalitiesd([-1, 1] per ModalitySpec) -> ExtractTumourSlicesd (2D axial tumour slices)
+      -> CentreOfMassCropd(128 x 128 around the body's centre of mass)
+
+Our own transforms cover only what MONAI lacks: reading errors and label checks that name the file
+(:class:`~monai_pairsynth.data.hecktor.DatasetError`), spec-driven normalisation, tumour-slice extraction
+(a multi-sample transform) and a crop centred on the body rather than the image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    Pad,
+    RandAffined,
+    RandFlipd,
+    ResampleToMatchd,
+    Spacingd,
+    SpatialCrop,
+    Transform,
+)
+from monai.transforms.traits import MultiSampleTrait
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+
+from ..modalities import ModalitySpec, resolve_specs
+from .hecktor import DatasetError
+
+__all__ = [
+    "CentreOfMassCrop",
+    "CentreOfMassCropd",
+    "CheckBinaryLabeld",
+    "DatasetErrorCompose",
+    "DenormalizeModalitiesd",
+    "ExtractTumourSlicesd",
+    "LoadCaseImaged",
+    "NormalizeModalitiesd",
+    "augmentation_transforms",
+    "preprocess_datalist",
+    "preprocessing_transforms",
+]
+
+
+def _describe(d: Mapping[Hashable, Any], key: Hashable) -> str:
+    """``"label file /x/CHUM-001.nii.gz (case CHUM-001)"`` for error messages."""
+    img = d.get(key)
+    src = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
+    case = d.get("case_id")
+    parts = [f"{key!s}"] + ([f"file {src}"] if src else []) + ([f"(case {case})"] if case is not None else [])
+    return " ".join(parts)
+
+
+def _specs_for(
+    keys: Sequence[Hashable], specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None
+) -> dict[str, ModalitySpec]:
+    if specs is None:
+        return resolve_specs([str(k) for k in keys])
+    resolved = resolve_specs(specs)
+    missing = [k for k in keys if str(k) not in resolved]
+    if missing:
+        # keys without an explicit spec fall back to the defaults (an unknown name is an error there)
+        resolved.update(resolve_specs([str(k) for k in missing]))
+    return resolved
+
+
+class DatasetErrorCompose(Compose):
+    """A :class:`monai.transforms.Compose` that re-raises a :class:`DatasetError` from inside the chain as itself.
+
+    MONAI wraps every exception raised by a transform in ``RuntimeError("applying transform ...")``; this
+    keeps the file-naming :class:`DatasetError` at the top for callers of the pipeline.
+    """
+
+    def __call__(self, input_, *args: Any, **kwargs: Any):
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        except RuntimeError as err:
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, DatasetError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            raise cause.with_traceback(cause.__traceback__) from err
+
+
+class LoadCaseImaged(LoadImaged):
+    """:class:`monai.transforms.LoadImaged` whose reading errors are :class:`DatasetError` naming the key, file and case.
+
+    Only ``image_only=True`` (the MONAI default) is supported: the metadata lives on the ``MetaTensor``.
+    """
+
+    def __init__(self, keys: KeysCollection, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("image_only", True) is not True:
+            raise ValueError(
+                "LoadCaseImaged supports only image_only=True (metadata stays on the MetaTensor)."
+            )
+        super().__init__(keys, *args, **kwargs)
+
+    def __call__(self, data, reader=None):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                d[key] = self._loader(d[key], reader)
+            except Exception as err:
+                case = f" (case {d['case_id']})" if "case_id" in d else ""
+                raise DatasetError(
+                    f"cannot read {key} file {d[key]}{case}: {type(err).__name__}: {err}"
+                ) from err
+        return d
+
+
+class CheckBinaryLabeld(MapTransform):
+    """Check that a mask holds only {0, 1}; optionally map the values of ``foreground_values`` to 1 first.
+
+    HECKTOR 2022 labels hold 1 (primary tumour, GTVp) and 2 (nodes, GTVn): pass ``foreground_values=(1, 2)``
+    to merge them into one tumour mask, or ``(1,)`` to keep the primary tumour only (2 becomes 0).
+
+    Args:
+        keys: mask keys.
+        foreground_values: label values that become 1; other listed-nowhere values are an error. None means
+            the mask must already be binary.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        DatasetError: values outside {0, 1} (or outside {0} ∪ ``foreground_values`` ∪ {1}), naming the file
+            or case and the values found.
+
+    Example:
+        >>> import torch
+        >>> CheckBinaryLabeld("label", foreground_values=(1, 2))({"label": torch.tensor([[0.0, 2.0, 1.0]])})["label"]
+        tensor([[0., 1., 1.]])
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        foreground_values: Sequence[float] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.foreground_values = (
+            None if foreground_values is None else tuple(float(v) for v in foreground_values)
+        )
+        if self.foreground_values is not None and (
+            not self.foreground_values or 0.0 in self.foreground_values
+        ):
+            raise ValueError(f"foreground_values must be non-empty and exclude 0, got {foreground_values!r}.")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            t = convert_to_tensor(img, track_meta=False)
+            values = torch.unique(t)
+            allowed = {0.0, 1.0} | set(self.foreground_values or ())
+            bad = [v for v in values.tolist() if v not in allowed]
+            if bad:
+                shown = ", ".join(f"{v:g}" for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+                extra = f" or {sorted(allowed - {0.0, 1.0})}" if self.foreground_values else ""
+                raise DatasetError(
+                    f"{_describe(d, key)} is not a binary mask: values {shown} outside {{0, 1}}{extra}."
+                )
+            if self.foreground_values is not None:
+                fg = torch.zeros_like(t, dtype=torch.bool)
+                for v in self.foreground_values:
+                    fg |= t == v
+                d[key] = convert_to_dst_type(fg.to(t.dtype if t.is_floating_point() else torch.float32), img)[
+                    0
+                ]
+        return d
+
+
+class NormalizeModalitiesd(MapTransform):
+    """Map each key from physical units to [-1, 1] with its :class:`~monai_pairsynth.modalities.ModalitySpec`.
+
+    Images are clipped to ``[low, high]`` and scaled linearly; masks become {-1, 1}. Shape, dtype (float) and
+    ``MetaTensor`` metadata are kept. :class:`DenormalizeModalitiesd` is the inverse.
+
+    Args:
+        keys: keys to normalise.
+        specs: ``{key: ModalitySpec or dict}``; keys without a spec use ``DEFAULT_MODALITY_SPECS``.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Example:
+        >>> import torch
+        >>> d = NormalizeModalitiesd(["ct", "pet"])({"ct": torch.tensor([[-1000.0, 0.0]]), "pet": torch.tensor([[7.5]])})
+        >>> d["ct"].tolist(), d["pet"].tolist()
+        ([[-1.0, 0.0]], [[0.0]])
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.specs = _specs_for(self.keys, specs)
+
+    def _apply(self, spec: ModalitySpec, img: Any) -> Any:
+        return spec.normalize(img)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            out = self._apply(
+                self.specs[str(key)], convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
+            )
+            d[key] = convert_to_dst_type(out, img, dtype=out.dtype)[0]
+        return d
+
+
+class DenormalizeModalitiesd(NormalizeModalitiesd):
+    """Map each key from [-1, 1] back to physical units (HU, SUV, binary {0, 1} mask): the inverse of
+    :class:`NormalizeModalitiesd`.
+
+    Example:
+        >>> import torch
+        >>> DenormalizeModalitiesd(["pet", "label"])({"pet": torch.tensor([0.0]), "label": torch.tensor([-1.0, 1.0])})
+        {'pet': tensor([7.5000]), 'label': tensor([0., 1.])}
+    """
+
+    def _apply(self, spec: ModalitySpec, img: Any) -> Any:
+        return spec.denormalize(img)
+
+
+class ExtractTumourSlicesd(MapTransform, MultiSampleTrait):
+    """Split a volume ``(C, H, W, D)`` into the 2D axial slices ``(C, H, W)`` that contain tumour.
+
+    A multi-sample transform (like :class:`monai.transforms.RandCropByPosNegLabeld`): it returns a list of
+    dicts, one per slice whose ``label_key`` has at least ``min_tumour_voxels`` voxels above ``threshold``
+    (0 works for a {0, 1} mask and for a normalised {-1, 1} one). Non-image entries are copied; each slice
+    gets ``"slice_index"``. A slice keeps a 4×4 affine placing it at its ``z`` position. A 2D input is
+    returned as ``[data]`` if it contains tumour, else ``[]``.
+
+    Args:
+        keys: image keys to slice (the label key is sliced too if listed).
+        label_key: the tumour mask.
+        min_tumour_voxels: minimum tumour voxels for a slice to be kept.
+        threshold: tumour where ``label > threshold``.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Example:
+        >>> import torch
+        >>> label = torch.zeros(1, 4, 4, 5); label[0, 1, 1, 2:4] = 1
+        >>> out = ExtractTumourSlicesd(["label"])({"label": label, "case_id": "x"})
+        >>> [(s["slice_index"], tuple(s["label"].shape)) for s in out]
+        [(2, (1, 4, 4)), (3, (1, 4, 4))]
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        min_tumour_voxels: int = 1,
+        threshold: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if int(min_tumour_voxels) < 1:
+            raise ValueError(f"min_tumour_voxels must be >= 1, got {min_tumour_voxels!r}.")
+        self.label_key, self.min_tumour_voxels, self.threshold = (
+            label_key,
+            int(min_tumour_voxels),
+            float(threshold),
+        )
+
+    @staticmethod
+    def _slice(img: Any, k: int) -> Any:
+        t = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
+        arr = t[..., k]
+        if not isinstance(t, MetaTensor):
+            return arr.as_tensor() if isinstance(arr, MetaTensor) else arr.clone()
+        affine = t.affine.clone()
+        if affine.shape[0] == 4:
+            affine[:3, 3] = affine[:3, 3] + affine[:3, 2] * k  # origin of slice k; the z column is kept
+        meta = {m: v for m, v in t.meta.items() if m not in ("affine", "spatial_shape", "original_affine")}
+        meta["spatial_shape"] = np.asarray(arr.shape[1:])
+        out = MetaTensor(arr.as_tensor().clone(), affine=affine, meta=meta)
+        if hasattr(
+            out, "spatial_ndim"
+        ):  # MONAI >= 1.6 caches the rank; a kept "no channel" flag would inflate it
+            out.spatial_ndim = arr.ndim - 1
+        return out
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        if self.label_key not in d:
+            raise KeyError(f"label key {self.label_key!r} not in data (keys: {list(d)}).")
+        label = convert_to_tensor(d[self.label_key], track_meta=False)
+        if label.ndim == 3:  # already a 2D slice
+            return [d] if int((label > self.threshold).sum()) >= self.min_tumour_voxels else []
+        if label.ndim != 4:
+            raise ValueError(
+                f"{_describe(d, self.label_key)} must be (C, H, W, D) or (C, H, W), got shape {tuple(label.shape)}."
+            )
+        counts = (label > self.threshold).sum(dim=tuple(range(label.ndim - 1)))
+        keys = list(self.key_iterator(d))
+        out = []
+        for k in torch.nonzero(counts >= self.min_tumour_voxels).flatten().tolist():
+            s = {key: v for key, v in d.items() if key not in keys}
+            for key in keys:
+                if convert_to_tensor(d[key], track_meta=False).shape[-1] != label.shape[-1]:
+                    raise ValueError(
+                        f"{_describe(d, key)} has shape {tuple(d[key].shape)}, label {tuple(label.shape)}."
+                    )
+                s[key] = self._slice(d[key], k)
+            s["slice_index"] = k
+            out.append(s)
+        return out
+
+
+class CentreOfMassCrop(Transform):
+    """Crop or pad to ``spatial_size`` around the centre of mass of the non-background region.
+
+    The foreground is ``source > threshold`` (default: a quarter of the way from the source's minimum to
+    its maximum, i.e. -500 HU for a CT in [-1000, 1000] or -0.5 for a normalised one); its centre of
+    mass becomes the centre of the output. Where the window leaves the image it is padded with
+    ``pad_value`` (``"min"``: each image's own minimum, i.e. air, zero uptake, background). MONAI's
+    :class:`~monai.transforms.Pad` and :class:`~monai.transforms.SpatialCrop` do the work, so a
+    ``MetaTensor``'s affine follows. Without foreground the geometric centre is used.
+
+    Args:
+        spatial_size: output size; one entry per spatial axis, or fewer (the trailing axes, e.g. ``D`` of a
+            volume given a 2D size, are kept); a non-positive entry keeps that axis.
+        threshold: foreground threshold in the source's units, or None for the default above.
+        pad_value: ``"min"`` or a number.
+
+    Example:
+        >>> import torch
+        >>> img = torch.zeros(1, 10, 10); img[0, 6:9, 6:9] = 1.0
+        >>> out = CentreOfMassCrop((4, 4))(img)
+        >>> tuple(out.shape), float(out.sum())
+        ((1, 4, 4), 9.0)
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        spatial_size: Sequence[int] | int = (128, 128),
+        threshold: float | None = None,
+        pad_value: float | str = "min",
+    ) -> None:
+        size = [int(spatial_size)] if isinstance(spatial_size, int) else [int(s) for s in spatial_size]
+        if not 1 <= len(size) <= 3:
+            raise ValueError(f"spatial_size must have 1 to 3 entries, got {spatial_size!r}.")
+        if pad_value != "min" and not isinstance(pad_value, (int, float)):
+            raise ValueError(f"pad_value must be 'min' or a number, got {pad_value!r}.")
+        self.spatial_size, self.threshold, self.pad_value = size, threshold, pad_value
+
+    def compute_box(self, source: Any) -> tuple[list[int], list[int]]:
+        """Start index (may be negative) and size per spatial axis for a ``(C, *spatial)`` source."""
+        src = convert_to_tensor(source, track_meta=False).float()
+        spatial = src.shape[1:]
+        if len(self.spatial_size) > len(spatial):
+            raise ValueError(
+                f"spatial_size {self.spatial_size} has more axes than the image's spatial shape {tuple(spatial)}."
+            )
+        size = [s if s > 0 else n for s, n in zip(self.spatial_size, spatial)] + list(
+            spatial[len(self.spatial_size) :]
+        )
+        img = src.max(dim=0).values if src.shape[0] > 1 else src[0]
+        thr = self.threshold
+        if thr is None:
+            lo, hi = float(img.min()), float(img.max())
+            thr = lo + 0.25 * (hi - lo)
+        fg = img > thr
+        if not bool(fg.any()) or not math.isfinite(float(thr)):
+            com = [(n - 1) / 2.0 for n in spatial]
+        else:
+            idx = torch.nonzero(fg).float()
+            com = idx.mean(dim=0).tolist()
+        cropped = [i < len(self.spatial_size) and self.spatial_size[i] > 0 for i in range(len(spatial))]
+        # the window's centre (start + (size - 1) / 2) lands on the centre of mass (rounded to a voxel)
+        start = [math.floor(c - (s - 1) / 2.0 + 0.5) if crop else 0 for c, s, crop in zip(com, size, cropped)]
+        return start, size
+
+    def apply_box(self, img: Any, start: Sequence[int], size: Sequence[int]) -> Any:
+        spatial = img.shape[1:]
+        to_pad = [(0, 0)] + [(max(0, -st), max(0, st + s - n)) for st, s, n in zip(start, size, spatial)]
+        if any(p != (0, 0) for p in to_pad):
+            value = (
+                float(convert_to_tensor(img, track_meta=False).min())
+                if self.pad_value == "min"
+                else float(self.pad_value)
+            )
+            img = Pad(to_pad=to_pad, mode="constant", value=value)(img)
+        roi_start = [st + p[0] for st, p in zip(start, to_pad[1:])]
+        return SpatialCrop(roi_start=roi_start, roi_end=[r + s for r, s in zip(roi_start, size)])(img)
+
+    def __call__(self, img: Any, source: Any = None) -> Any:
+        start, size = self.compute_box(img if source is None else source)
+        return self.apply_box(img, start, size)
+
+
+class CentreOfMassCropd(MapTransform):
+    """Dictionary version of :class:`CentreOfMassCrop`: one window, from ``source_key``, applied to all keys.
+
+    Args:
+        keys: keys to crop/pad (all with the same spatial shape).
+        source_key: the image whose non-background region defines the centre (the CT by default).
+        spatial_size, threshold, pad_value: as in :class:`CentreOfMassCrop` (``pad_value`` may also be a
+            ``{key: value}`` mapping).
+        allow_missing_keys: don't raise if a key is missing.
+
+    Example:
+        >>> from monai_pairsynth.data import make_phantom_case
+        >>> case = make_phantom_case(0, spatial_size=(40, 40), spacing=8.0)
+        >>> out = CentreOfMassCropd(["ct", "pet", "label"], spatial_size=(16, 16), threshold=-500.0)(case)
+        >>> tuple(out["pet"].shape), float(out["label"].sum()) == float(case["label"].sum())
+        ((1, 16, 16), True)
+    """
+
+    backend = CentreOfMassCrop.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        source_key: str = "ct",
+        spatial_size: Sequence[int] | int = (128, 128),
+        threshold: float | None = None,
+        pad_value: float | str | Mapping[str, float | str] = "min",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.source_key = source_key
+        values = dict(pad_value) if isinstance(pad_value, Mapping) else {str(k): pad_value for k in self.keys}
+        self.croppers = {
+            str(k): CentreOfMassCrop(spatial_size, threshold, values.get(str(k), "min")) for k in self.keys
+        }
+        self.locator = CentreOfMassCrop(spatial_size, threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.source_key not in d:
+            raise KeyError(f"source key {self.source_key!r} not in data (keys: {list(d)}).")
+        start, size = self.locator.compute_box(d[self.source_key])
+        ref_shape = tuple(d[self.source_key].shape[1:])
+        for key in self.key_iterator(d):
+            if tuple(d[key].shape[1:]) != ref_shape:
+                raise ValueError(
+                    f"{_describe(d, key)} has spatial shape {tuple(d[key].shape[1:])}, {self.source_key} has {ref_shape}."
+                )
+            d[key] = self.croppers[str(key)].apply_box(d[key], start, size)
+        return d
+
+
+def preprocessing_transforms(
+    keys: Sequence[str] = ("ct", "pet", "label"),
+    label_key: str = "label",
+    spacing: float | Sequence[float] = 2.0,
+    spatial_size: Sequence[int] = (128, 128),
+    specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+    reference_key: str | None = None,
+    foreground_values: Sequence[float] | None = None,
+    extract_slices: bool = True,
+    min_tumour_voxels: int = 1,
+    body_threshold: float = -500.0,
+    load: bool = True,
+) -> Compose:
+    """The file-to-training-sample pipeline (see the module docstring) as a :class:`DatasetErrorCompose`.
+
+    Args:
+        keys: modality keys (images and masks, as in ``specs``); files are loaded from these keys.
+        label_key: the tumour mask (binarity checked, used for slice extraction).
+        spacing: target voxel size in mm (2 mm in the paper).
+        spatial_size: output in-plane size after the centre-of-mass crop (``(128, 128)``); with
+            ``extract_slices=False`` a volume keeps its ``D`` unless a third entry is given.
+        specs: modality specs (default ``DEFAULT_MODALITY_SPECS``).
+        reference_key: the grid all others are resampled onto and whose body defines the crop centre
+            (default: the first image key, the CT).
+        foreground_values: label values merged into the tumour (HECKTOR 2022: ``(1, 2)`` for GTVp + GTVn);
+            None requires a binary label.
+        extract_slices: return a list of 2D axial tumour slices per case (else the cropped volume).
+        min_tumour_voxels: minimum tumour voxels of a kept slice.
+        body_threshold: the reference image's body threshold in physical units (-500 HU for CT).
+        load: start with :class:`LoadCaseImaged` + ``EnsureChannelFirstd`` (False for in-memory
+            ``MetaTensor`` inputs, e.g. 3D phantom cases).
+
+    Returns:
+        A Compose; called on a datalist item it returns a list of slice dicts (or one dict), values in
+        [-1, 1], each image ``(1, *spatial_size)``.
+
+    Raises:
+        DatasetError: unreadable file or non-binary label, naming the file and case.
+    """
+    keys = list(keys)
+    if label_key not in keys:
+        raise ValueError(f"label_key {label_key!r} must be one of keys {keys}.")
+    spec_map = _specs_for(keys, specs)
+    image_keys = [k for k in keys if not spec_map[k].is_mask]
+    if not image_keys:
+        raise ValueError(f"at least one key must be an image modality, got only masks: {keys}.")
+    ref = reference_key if reference_key is not None else image_keys[0]
+    if ref not in keys:
+        raise ValueError(f"reference_key {ref!r} must be one of keys {keys}.")
+    modes = ["nearest" if spec_map[k].is_mask else "bilinear" for k in keys]
+    mask_keys = [k for k in keys if spec_map[k].is_mask]
+    others = [k for k in keys if k != ref]
+    threshold = float(spec_map[ref].normalize(torch.tensor(float(body_threshold))))
+    transforms: list[Callable] = []
+    if load:
+        transforms += [LoadCaseImaged(keys, image_only=True), EnsureChannelFirstd(keys)]
+    transforms += [
+        CheckBinaryLabeld(mask_keys, foreground_values=foreground_values),
+        Orientationd(keys, axcodes="RAS", labels=None),
+    ]
+    if others:
+        transforms.append(
+            ResampleToMatchd(
+                others,
+                key_dst=ref,
+                mode=["nearest" if spec_map[k].is_mask else "bilinear" for k in others],
+                padding_mode="zeros",
+                dtype=np.float32,
+            )
+        )
+    transforms += [
+        Spacingd(keys, pixdim=spacing, mode=modes, padding_mode="border", dtype=np.float32),
+        NormalizeModalitiesd(keys, spec_map),
+    ]
+    if extract_slices:
+        transforms.append(
+            ExtractTumourSlicesd(keys, label_key=label_key, min_tumour_voxels=min_tumour_voxels)
+        )
+    transforms.append(CentreOfMassCropd(keys, source_key=ref, spatial_size=spatial_size, threshold=threshold))
+    return DatasetErrorCompose(transforms)
+
+
+def augmentation_transforms(
+    keys: Sequence[str] = ("ct", "pet", "label"),
+    prob: float = 0.5,
+    rotate_degrees: float = 10.0,
+    translate_voxels: float = 8.0,
+    flip_prob: float = 0.5,
+    spatial_dims: int = 2,
+    specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+) -> Compose:
+    """Training augmentation, drawn once per sample and applied identically to every key.
+
+    ``RandAffined`` (probability ``prob``: rotation up to ``±rotate_degrees`` in the axial plane,
+    translation up to ``±translate_voxels`` in-plane; bilinear for images, nearest for masks so they stay
+    binary; border padding) then ``RandFlipd`` (left-right, probability ``flip_prob``). Works on
+    physical or normalised samples. Seed it with ``.set_random_state(seed)``.
+
+    Example:
+        >>> import torch
+        >>> aug = augmentation_transforms(["ct", "label"], prob=1.0, flip_prob=0.0).set_random_state(0)
+        >>> label = torch.zeros(1, 16, 16); label[0, 5:10, 5:10] = 1
+        >>> out = aug({"ct": torch.zeros(1, 16, 16), "label": label})
+        >>> sorted(out["label"].unique().tolist()), tuple(out["ct"].shape)
+        ([0.0, 1.0], (1, 16, 16))
+    """
+    for name, p in (("prob", prob), ("flip_prob", flip_prob)):
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {p!r}.")
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+    if rotate_degrees < 0 or translate_voxels < 0:
+        raise ValueError(
+            f"rotate_degrees and translate_voxels must be >= 0, got {rotate_degrees}, {translate_voxels}."
+        )
+    keys = list(keys)
+    spec_map = _specs_for(keys, specs)
+    theta = math.radians(float(rotate_degrees))
+    rotate_range = (theta,) if spatial_dims == 2 else (0.0, 0.0, theta)
+    translate_range = (translate_voxels,) * 2 + ((0.0,) if spatial_dims == 3 else ())
+    return Compose(
+        [
+            RandAffined(
+                keys,
+                prob=prob,
+                rotate_range=rotate_range,
+                translate_range=translate_range,
+                mode=["nearest" if spec_map[k].is_mask else "bilinear" for k in keys],
+                padding_mode="border",
+            ),
+            RandFlipd(keys, prob=flip_prob, spatial_axis=0),
+        ]
+    )
+
+
+def preprocess_datalist(datalist: Iterable[Mapping[str, Any]], transform: Callable) -> list[dict[str, Any]]:
+    """Apply ``transform`` (e.g. :func:`preprocessing_transforms`) to every item, flattening slice lists.
+
+    Errors are raised as :class:`DatasetError` naming the case; nothing is returned half-way.
+
+    Example:
+        >>> from monai_pairsynth.data import make_phantom_case
+        >>> cases = [make_phantom_case(s, spatial_dims=3, spatial_size=(16, 16, 8), spacing=16.0) for s in (0, 1)]
+        >>> t = preprocessing_transforms(spacing=16.0, spatial_size=(16, 16), load=False)
+        >>> slices = preprocess_datalist(cases, t)
+        >>> len(slices) >= 2, all(float(s["label"].max()) == 1.0 for s in slices)
+        (True, True)
+    """
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(datalist):
+        try:
+            result = transform(item)
+        except DatasetError:
+            raise
+        except Exception as err:
+            name = item.get("case_id", f"entry {i}") if isinstance(item, Mapping) else f"entry {i}"
+            raise DatasetError(f"preprocessing failed for case {name}: {type(err).__name__}: {err}") from err
+        out.extend(result if isinstance(result, list) else [result])
+    return out
