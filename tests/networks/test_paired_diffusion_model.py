@@ -80,6 +80,16 @@ def test_unknown_denoiser_name():
         model.denoiser("mr")
 
 
+@pytest.fixture(scope="module")
+def three_level_model():
+    return PairedDiffusionModel(
+        ("ct", "pet", "label"),
+        channels=(8, 16, 16),
+        attention_levels=(False, False, False),
+        norm_num_groups=4,
+    )
+
+
 def _bad_cases():
     shape = (2, 1, 16, 16)
     ok = {"ct": torch.zeros(shape), "pet": torch.zeros(shape), "label": torch.zeros(shape)}
@@ -129,15 +139,9 @@ def _bad_cases():
 @pytest.mark.parametrize(
     ("case", "noisy", "timesteps", "message"), _bad_cases(), ids=[c[0] for c in _bad_cases()]
 )
-def test_bad_inputs_raise_clear_errors(case, noisy, timesteps, message):
-    model = PairedDiffusionModel(
-        ("ct", "pet", "label"),
-        channels=(8, 16, 16),
-        attention_levels=(False, False, False),
-        norm_num_groups=4,
-    )
+def test_bad_inputs_raise_clear_errors(three_level_model, case, noisy, timesteps, message):
     with pytest.raises(ValueError, match=message):
-        model(noisy, timesteps)
+        three_level_model(noisy, timesteps)
 
 
 @pytest.mark.parametrize(
