@@ -1,0 +1,8 @@
+"""ignite handlers that bring a synthesis pool into a MONAI training loop."""
+
+from __future__ import annotations
+
+from .mixed_dataset_epoch_handler import MixedDatasetEpochHandler
+from .pool_refresh_handler import PoolRefreshHandler
+
+__all__ = ["MixedDatasetEpochHandler", "PoolRefreshHandler"]
