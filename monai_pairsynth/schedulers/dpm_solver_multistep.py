@@ -203,7 +203,8 @@ class DPMSolverMultistepScheduler(StridedScheduleMixin, Scheduler):
             stride = total / num_inference_steps
             full = torch.round(total - torch.arange(num_inference_steps, dtype=torch.float64) * stride) - 1
         else:
-            full = torch.linspace(total - 1, 0, num_inference_steps, dtype=torch.float64).round()
+            # exactly MONAI's DDPM/DDIM grid (float32 linspace, then round half to even)
+            full = torch.linspace(total - 1, 0, num_inference_steps, dtype=torch.float32).round()
         full = full.long()
         self.timesteps = self._keep_last_steps(full, strength).to(device)
         self.num_inference_steps = num_inference_steps
