@@ -101,10 +101,10 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
     p["fat_blobs"] = [
         (
             (cx + _u(rng, -0.6, 0.6) * a0, cy + _u(rng, -0.6, 0.3) * b0, _u(rng, -50, 30)),
-            (_u(rng, 2.0, 5.0), _u(rng, 4.0, 10.0), _u(rng, 15, 40)),
+            (_u(rng, 1.5, 4.0), _u(rng, 4.0, 12.0), _u(rng, 15, 40)),
             _u(rng, 0, math.pi),
         )
-        for _ in range(int(rng.integers(3, 7)))
+        for _ in range(int(rng.integers(4, 10)))
     ]
     # vertebra
     vb = (_u(rng, 8, 11), _u(rng, 7, 9))
@@ -121,6 +121,7 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
         "hu_cortex": _u(rng, 800, 1000),
         "hu_marrow": _u(rng, 350, 550),
         "suv_marrow": _u(rng, 1.0, 1.8),
+        "hu_disc": _u(rng, 80, 110),
     }
     # airway
     air_ab = (_u(rng, 6, 13), _u(rng, 4, 9))
@@ -135,9 +136,9 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
     my = ay + _u(rng, -2, 6)
     p["mandible"] = {
         "c": (cx + _u(rng, -3, 3), my),
-        "ab": (a0 * _u(rng, 0.58, 0.7), (cy + b0 - my) - _u(rng, 7, 12)),
+        "ab": (a0 * _u(rng, 0.5, 0.62), (cy + b0 - my) - _u(rng, 9, 15)),
         "t": _u(rng, 5, 7),
-        "z": (_u(rng, -32, -20), _u(rng, 5, 15)),
+        "z": (_u(rng, -32, -20), _u(rng, 18, 30)),
         "z_ramus": _u(rng, -8, 2),
         "hu_cortex": _u(rng, 850, 1000),
         "hu_marrow": _u(rng, 350, 550),
@@ -303,26 +304,27 @@ def _paint(p: dict[str, Any], X, Y, Z):
     arch |= _ellipsoid(X, Y, zero, (ccx, ccy - cr - 7.0, 0.0), (2.5, 9.0, 1.0)) < 1
     for side in (-1, 1):
         arch |= _ellipsoid(X, Y, zero, (vx + side * (va + 5.0), vy - 2.0, 0.0), (6.0, 3.0, 1.0)) < 1
-    paint(arch & spine & ~disc, PhantomTissue.BONE, vt["hu_cortex"], 0.4)
+    paint(arch & spine, PhantomTissue.BONE, vt["hu_cortex"], 0.4)
     paint((vbody < 1) & spine, PhantomTissue.BONE, vt["hu_cortex"], 0.5)
     paint((vbody < 0.6) & spine, PhantomTissue.MARROW, vt["hu_marrow"], vt["suv_marrow"])
-    paint((vbody < 1) & spine & disc, PhantomTissue.DISC, 80.0, 0.5)
+    paint((vbody < 1) & spine & disc, PhantomTissue.DISC, vt["hu_disc"], 0.5)
     paint((canal < 1) & spine, PhantomTissue.CORD, 25.0, 1.2)
 
-    # mandible: an anterior cortical arc (rami extend posteriorly at the upper levels)
+    # mandible: below z_ramus the body (an anterior U-shaped cortical arc), above it only the two rami
     md = p["mandible"]
     (mx, my), (ma, mb) = md["c"], md["ab"]
     rho_m = np.sqrt(((X - mx) / ma) ** 2 + ((Y - my) / mb) ** 2)
     dist_m = np.abs(rho_m - 1.0) * 0.5 * (ma + mb)
-    back = np.where(Z > md["z_ramus"], 0.7 * mb, 0.0)
     in_z = (Z > md["z"][0]) & (Z < md["z"][1])
-    arc = in_z & (Y > my - back)
+    body_part = (Y > my + 0.1 * mb) & (Z <= md["z_ramus"])
+    rami = (Y > my - 0.45 * mb) & (Y < my + 0.3 * mb) & (Z > md["z_ramus"])
+    arc = in_z & (body_part | rami)
     paint(arc & (dist_m < md["t"] / 2), PhantomTissue.BONE, md["hu_cortex"], 0.4)
     paint(arc & (dist_m < md["t"] / 6), PhantomTissue.MARROW, md["hu_marrow"], 0.9)
 
     # skull and brain at the top of a volume
-    grow = np.sqrt(np.clip((Z - brain["z"]) / 14.0, 0.0, 1.0))
-    grow_skull = np.sqrt(np.clip((Z - brain["z"] + 5.0) / 14.0, 0.0, 1.0))
+    grow = np.sqrt(np.clip((Z - brain["z"]) / 8.0, 0.0, 1.0))
+    grow_skull = np.sqrt(np.clip((Z - brain["z"] + 5.0) / 8.0, 0.0, 1.0))
     inner = edge * (1.0 - p["fat_t"] / r_mean)
     skull = rho < inner * grow_skull
     brain_mask = rho < (inner - brain["skull_t"] / r_mean) * grow
