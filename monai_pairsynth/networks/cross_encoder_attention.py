@@ -48,7 +48,12 @@ class CrossEncoderAttention(nn.Module):
         self.encoder_embedding = nn.Parameter(torch.zeros(num_encoders, channels))
         nn.init.normal_(self.encoder_embedding, std=0.02)
         self.norm = nn.LayerNorm(channels)
-        self.attn = SABlock(hidden_size=channels, num_heads=channels // num_head_channels, qkv_bias=True)
+        self.attn = SABlock(
+            hidden_size=channels,
+            num_heads=channels // num_head_channels,
+            qkv_bias=True,
+            use_flash_attention=True,
+        )
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Attend jointly over the encoders' tokens.

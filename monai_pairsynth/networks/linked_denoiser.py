@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -16,7 +17,32 @@ from monai_pairsynth.networks.cross_encoder_attention import CrossEncoderAttenti
 from monai_pairsynth.networks.timestep_cbam import TimestepCBAM
 from monai_pairsynth.networks.timestep_lowpass_filter import TimestepLowPassFilter
 
-__all__ = ["LinkedDenoiser", "unet_residual_levels"]
+__all__ = ["LinkedDenoiser", "default_cond_channels", "unet_residual_levels"]
+
+
+def default_cond_channels(
+    channels: Sequence[int], norm_num_groups: int, last_multiple: int = 1
+) -> tuple[int, ...]:
+    """Default conditional-encoder widths: half the UNet's, rounded up to a multiple of ``norm_num_groups``.
+
+    Half width keeps the conditional pathway cheap (each denoiser runs one encoder per other modality):
+    about a quarter of the convolution cost of full-width encoders.
+
+    Args:
+        channels: the UNet's channels per level.
+        norm_num_groups: group-norm groups; every width is a multiple of it.
+        last_multiple: the last level's width is also a multiple of this (the attention head size).
+
+    Example:
+        >>> default_cond_channels((32, 64, 64), 8, 8)
+        (16, 32, 32)
+        >>> default_cond_channels((8, 16), 4, 8)
+        (4, 8)
+    """
+    last = math.lcm(norm_num_groups, last_multiple)
+    widths = [-(-(c // 2) // norm_num_groups) * norm_num_groups for c in channels]
+    widths[-1] = -(-max(channels[-1] // 2, 1) // last) * last
+    return tuple(widths)
 
 
 def unet_residual_levels(num_res_blocks: Sequence[int]) -> list[int]:
@@ -91,7 +117,8 @@ class LinkedDenoiser(nn.Module):
             ``cond_channels``).
         num_head_channels: channels per attention head of the UNet (int or one per level); the last level's
             value is also used by the cross-encoder attention.
-        cond_channels: conditional-encoder channels per level; ``None`` uses ``channels``.
+        cond_channels: conditional-encoder channels per level; ``None``: :func:`default_cond_channels`
+            (half of ``channels``).
         cond_in_channels: channels of the conditional images; ``None`` uses ``in_channels``.
         encoder_attention: whether to apply :class:`CrossEncoderAttention` at the lowest level.
         filter_init_cutoff: initial cut-off of every low-pass filter (fraction of Nyquist).
@@ -137,7 +164,11 @@ class LinkedDenoiser(nn.Module):
                 f"num_res_blocks must be an int >= 1 or one int >= 1 per level ({num_levels}), got {num_res_blocks}."
             )
         head_channels = ensure_tuple_rep(num_head_channels, num_levels)
-        cond_channels = channels if cond_channels is None else tuple(int(c) for c in cond_channels)
+        if cond_channels is None:
+            cond_channels = default_cond_channels(
+                channels, norm_num_groups, head_channels[-1] if encoder_attention else 1
+            )
+        cond_channels = tuple(int(c) for c in cond_channels)
         if len(cond_channels) != num_levels:
             raise ValueError(
                 f"cond_channels must have one entry per level of channels {channels}, got {cond_channels}."

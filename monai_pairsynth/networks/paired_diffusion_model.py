@@ -37,7 +37,8 @@ class PairedDiffusionModel(nn.Module):
         num_res_blocks: UNet res blocks per level (int or one per level).
         norm_num_groups: group-norm groups.
         num_head_channels: channels per attention head (int or one per level).
-        cond_channels: conditional-encoder channels per level; ``None`` uses ``channels``.
+        cond_channels: conditional-encoder channels per level; ``None``: half of ``channels`` rounded up to a
+            multiple of ``norm_num_groups`` (see ``default_cond_channels``).
         encoder_attention: attention between each denoiser's conditional encoders at the lowest level.
         filter_init_cutoff: initial cut-off of the low-pass filters (fraction of Nyquist, in (0, 1)).
         filter_init_strength: initial strength of the low-pass filters (in (0, 1)).

@@ -1,0 +1,137 @@
+"""CPU time of one training step (forward + backward + Adam) and one sampling forward of PairedDiffusionModel.
+
+Prints the parameter counts (total, per denoiser, UNet vs conditional pathway) and the time per step of
+the linked model next to the same number of plain MONAI ``DiffusionModelUNet`` s of the same widths.
+
+Usage::
+
+    python benchmarks/network_step_time.py                      # defaults: 3 modalities, 2D, 64x64, batch 8
+    python benchmarks/network_step_time.py --size 32 --spatial-dims 3 --batch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+
+from monai_pairsynth.networks import PairedDiffusionModel
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def time_steps(step, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--modalities", nargs="+", default=["ct", "pet", "label"])
+    parser.add_argument("--spatial-dims", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    model = PairedDiffusionModel(args.modalities, spatial_dims=args.spatial_dims)
+    config = model.get_config()
+    unets = torch.nn.ModuleList(
+        DiffusionModelUNet(
+            spatial_dims=args.spatial_dims,
+            in_channels=1,
+            out_channels=1,
+            channels=config["channels"],
+            attention_levels=config["attention_levels"],
+            num_res_blocks=config["num_res_blocks"],
+            norm_num_groups=config["norm_num_groups"],
+            num_head_channels=config["num_head_channels"],
+        )
+        for _ in args.modalities
+    )
+    den = model.denoiser(args.modalities[0])
+    cond = sum(p.numel() for n, p in den.named_parameters() if n.startswith("cond_"))
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, torch threads {args.threads}, no GPU used"
+    )
+    print(f"config: {config}")
+    print(f"parameters: total {count(model):,} ({len(args.modalities)} denoisers)")
+    print(f"  per denoiser {count(den):,} = UNet {count(den.unet):,} + conditional pathway {cond:,}")
+
+    shape = (args.batch, 1) + (args.size,) * args.spatial_dims
+    g = torch.Generator().manual_seed(args.seed)
+    noisy = {m: torch.randn(shape, generator=g) for m in args.modalities}
+    noise = {m: torch.randn(shape, generator=g) for m in args.modalities}
+    timesteps = torch.randint(0, 1000, (args.batch,), generator=g)
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def linked_step() -> None:
+        out = model(noisy, timesteps)
+        loss = sum(torch.nn.functional.mse_loss(out[m], noise[m]) for m in args.modalities)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    opt_plain = torch.optim.Adam(unets.parameters(), lr=1e-4)
+
+    def plain_step() -> None:
+        loss = sum(
+            torch.nn.functional.mse_loss(u(noisy[m], timesteps), noise[m])
+            for u, m in zip(unets, args.modalities)
+        )
+        opt_plain.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_plain.step()
+
+    @torch.no_grad()
+    def linked_forward() -> None:
+        model(noisy, timesteps)
+
+    @torch.no_grad()
+    def plain_forward() -> None:
+        for u, m in zip(unets, args.modalities):
+            u(noisy[m], timesteps)
+
+    size = "x".join([str(args.size)] * args.spatial_dims)
+    for title, linked_fn, plain_fn in (
+        ("training step (forward + backward + Adam)", linked_step, plain_step),
+        ("sampling step (forward, no grad)", linked_forward, plain_forward),
+    ):
+        # interleave the two so that load from other processes hits both alike
+        linked, plain = [], []
+        for _ in range(args.steps):
+            linked += time_steps(linked_fn, 1, args.warmup if not linked else 0)
+            plain += time_steps(plain_fn, 1, args.warmup if not plain else 0)
+        print(f"{title}, {size}, batch {args.batch}, {args.steps} timed steps:")
+        print(f"  linked model: median {statistics.median(linked):.3f} s, min {min(linked):.3f} s")
+        print(
+            f"  {len(args.modalities)} plain UNets: median {statistics.median(plain):.3f} s, min {min(plain):.3f} s"
+        )
+        print(
+            f"  ratio linked / plain: median {statistics.median(linked) / statistics.median(plain):.2f}, "
+            f"min {min(linked) / min(plain):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
