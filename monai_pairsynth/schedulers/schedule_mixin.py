@@ -21,6 +21,7 @@ entry of ``scheduler.timesteps``, in order.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,10 +51,14 @@ def num_steps_for_strength(num_inference_steps: int, strength: float) -> int:
         >>> num_steps_for_strength(20, 0.8), num_steps_for_strength(10, 0.01)
         (16, 1)
     """
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, numbers.Real)
+        or not 0.0 < float(strength) <= 1.0
+    ):
         raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
     # 1e-9 absorbs float noise such as 10 * 0.35 == 3.4999999999999996
-    return max(1, math.floor(num_inference_steps * strength + 0.5 + 1e-9))
+    return max(1, math.floor(num_inference_steps * float(strength) + 0.5 + 1e-9))
 
 
 class StridedScheduleMixin:
