@@ -148,3 +148,14 @@ def test_preview_3d(tmp_path):
         tmp_path / "p3.png", num_cases=1, spatial_dims=3, spatial_size=(24, 24, 12), spacing=10.0
     )
     assert imread(path).shape[1] == 440  # one case: one block of two 2.2-inch panels at 100 dpi
+
+
+def test_preview_stats(capsys):
+    assert main(["--stats", "--num-cases", "3", "--spatial-size", "32", "32", "--spacing", "8"]) == 0
+    lines = dict(line.split() for line in capsys.readouterr().out.strip().splitlines())
+    assert float(lines["num_cases"]) == 3.0
+    assert 0.0 <= float(lines["fraction_hotter_non_tumour"]) <= 1.0
+    assert float(lines["tumour_pet_max_p50"]) > float(lines["background_pet_p50"]) > 0.0
+    assert 0.0 <= float(lines["pet_40pct_baseline_dice_mean"]) <= 1.0
+    with pytest.raises(SystemExit):
+        main(["--stats", "--num-cases", "0"])
