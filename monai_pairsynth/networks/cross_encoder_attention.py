@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import SABlock
 from torch import nn
 
@@ -15,16 +17,23 @@ class CrossEncoderAttention(nn.Module):
     """Joint multi-head attention over the tokens of several conditional encoders.
 
     The feature maps of the ``K`` encoders (same shape ``(B, C, *spatial)``) are flattened to tokens,
-    tagged with a learned per-encoder embedding, concatenated to one sequence of ``K * N`` tokens and passed
-    through a pre-norm MONAI ``SABlock`` with a residual connection. Every token therefore attends to the
-    tokens of every encoder, the others' included, which is how information about one conditional modality
-    reaches the features of another (with ``K = 1`` this reduces to ordinary self-attention). It is meant
-    for the lowest resolution level, where ``N`` is small.
+    tagged with a learned per-encoder embedding, concatenated to one sequence and passed through a
+    pre-norm MONAI ``SABlock`` (PyTorch scaled-dot-product attention); the result is added back to every
+    encoder's features (residual). Every token attends to the tokens of every encoder, the others'
+    included, which is how information about one conditional modality reaches the features of another
+    (with ``K = 1`` this reduces to ordinary self-attention).
+
+    To bound the cost at any input size, a feature map with more than ``max_tokens`` positions is first
+    average-pooled (by the smallest power of two per axis that brings it to at most ``max_tokens``
+    positions); the attention update is computed on the pooled tokens and upsampled back (nearest) before
+    the residual addition. With the defaults a 64x64 input (16x16 at the lowest of three levels) attends
+    over 8x8 tokens per encoder.
 
     Args:
         channels: feature channels ``C`` (the token size).
         num_encoders: number ``K`` of encoders whose features are attended jointly.
         num_head_channels: channels per attention head; must divide ``channels``.
+        max_tokens: most positions per encoder that attention runs on (``None``: never pool).
 
     Example:
         >>> import torch
@@ -34,7 +43,9 @@ class CrossEncoderAttention(nn.Module):
         [(2, 16, 4, 4), (2, 16, 4, 4)]
     """
 
-    def __init__(self, channels: int, num_encoders: int, num_head_channels: int = 8) -> None:
+    def __init__(
+        self, channels: int, num_encoders: int, num_head_channels: int = 8, max_tokens: int | None = 64
+    ) -> None:
         super().__init__()
         if channels < 1 or num_encoders < 1 or num_head_channels < 1:
             raise ValueError(
@@ -43,8 +54,11 @@ class CrossEncoderAttention(nn.Module):
             )
         if channels % num_head_channels:
             raise ValueError(f"num_head_channels={num_head_channels} must divide channels={channels}.")
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {max_tokens}.")
         self.channels = channels
         self.num_encoders = num_encoders
+        self.max_tokens = max_tokens
         self.encoder_embedding = nn.Parameter(torch.zeros(num_encoders, channels))
         nn.init.normal_(self.encoder_embedding, std=0.02)
         self.norm = nn.LayerNorm(channels)
@@ -54,6 +68,22 @@ class CrossEncoderAttention(nn.Module):
             qkv_bias=True,
             use_flash_attention=True,
         )
+
+    def pooled_size(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """Spatial size the attention runs at for features of spatial size ``spatial``.
+
+        Example:
+            >>> CrossEncoderAttention(16, 2, max_tokens=64).pooled_size((16, 16))
+            (8, 8)
+            >>> CrossEncoderAttention(16, 2, max_tokens=64).pooled_size((4, 4, 4))
+            (4, 4, 4)
+        """
+        size = tuple(int(s) for s in spatial)
+        factor = 1
+        while self.max_tokens is not None and math.prod(size) > self.max_tokens and max(size) > 1:
+            factor *= 2
+            size = tuple(max(-(-s // factor), 1) for s in spatial)
+        return size
 
     def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Attend jointly over the encoders' tokens.
@@ -69,16 +99,26 @@ class CrossEncoderAttention(nn.Module):
         shapes = {tuple(f.shape) for f in features}
         if len(shapes) != 1:
             raise ValueError(f"all encoder features must have one shape, got {sorted(shapes)}.")
-        shape = features[0].shape
-        if shape[1] != self.channels:
-            raise ValueError(f"features must have {self.channels} channels, got shape {tuple(shape)}.")
-        # (K, B, C, *spatial) -> (B, K * N, C): tokens of encoder k occupy [k * N, (k + 1) * N)
-        stacked = torch.stack(list(features), dim=1).flatten(3)  # (B, K, C, N)
-        tokens = stacked.transpose(2, 3)  # (B, K, N, C)
-        tagged = tokens + self.encoder_embedding.to(tokens.dtype)[None, :, None, :]
+        batch, channels, *spatial = features[0].shape
+        if channels != self.channels:
+            raise ValueError(
+                f"features must have {self.channels} channels, got shape {tuple(features[0].shape)}."
+            )
+        stacked = torch.cat(list(features), dim=0)  # (K * B, C, *spatial), encoder-major
+        pooled_size = self.pooled_size(spatial)
+        pooled = stacked
+        if pooled_size != tuple(spatial):
+            pool = (F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(spatial) - 2]
+            pooled = pool(stacked, pooled_size)
+        # (K * B, C, *pooled) -> (B, K, N, C): tokens of encoder k occupy [k * N, (k + 1) * N)
+        tokens = (
+            pooled.flatten(2).transpose(1, 2).reshape(self.num_encoders, batch, -1, channels).transpose(0, 1)
+        )
         # the encoder embedding only tells the attention which encoder a token came from
-        tokens = tokens.flatten(1, 2) + self.attn(self.norm(tagged.flatten(1, 2)))  # (B, K * N, C)
-        batch, channels, *spatial = shape
-        tokens = tokens.reshape(batch, self.num_encoders, -1, channels).transpose(2, 3)
-        out = tokens.reshape(batch, self.num_encoders, channels, *spatial)
-        return list(out.unbind(dim=1))
+        tagged = tokens + self.encoder_embedding.to(tokens.dtype)[None, :, None, :]
+        update = self.attn(self.norm(tagged.flatten(1, 2)))  # (B, K * N, C)
+        update = update.reshape(batch, self.num_encoders, -1, channels).transpose(0, 1)  # (K, B, N, C)
+        update = update.transpose(2, 3).reshape(self.num_encoders * batch, channels, *pooled_size)
+        if pooled_size != tuple(spatial):
+            update = F.interpolate(update, size=tuple(spatial), mode="nearest")
+        return list((stacked + update).chunk(self.num_encoders, dim=0))

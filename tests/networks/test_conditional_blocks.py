@@ -91,3 +91,22 @@ def test_cross_encoder_attention_bad_inputs():
         attn([torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 2, 2)])
     with pytest.raises(ValueError, match="must divide channels=8"):
         CrossEncoderAttention(channels=8, num_encoders=2, num_head_channels=3)
+
+
+@pytest.mark.parametrize(
+    ("spatial", "pooled"), [((16, 16), (8, 8)), ((12, 20), (6, 10)), ((8, 8, 8), (4, 4, 4))]
+)
+def test_cross_encoder_attention_pools_large_maps(spatial, pooled):
+    attn = CrossEncoderAttention(channels=8, num_encoders=2, num_head_channels=4, max_tokens=64)
+    assert attn.pooled_size(spatial) == pooled
+    feats = [torch.randn(2, 8, *spatial) for _ in range(2)]
+    out = attn(feats)
+    assert [o.shape for o in out] == [f.shape for f in feats]
+    # the update is piecewise constant on the pooled grid: the residual difference has its rank
+    update = out[0] - feats[0]
+    factor = spatial[0] // pooled[0]
+    torch.testing.assert_close(update[..., 0, :], update[..., factor - 1, :])
+    changed = attn([feats[0], feats[1] + torch.randn_like(feats[1])])
+    assert (changed[0] - out[0]).abs().max() > 1e-4
+    unpooled = CrossEncoderAttention(channels=8, num_encoders=2, num_head_channels=4, max_tokens=None)
+    assert unpooled.pooled_size(spatial) == spatial
