@@ -71,7 +71,7 @@ PHYSIOLOGICAL_UPTAKE = (
     PhantomTissue.LYMPH_NODE,
     PhantomTissue.BRAIN,
 )
-_BONY = (
+_NO_TUMOUR = (
     PhantomTissue.BONE,
     PhantomTissue.MARROW,
     PhantomTissue.DISC,
@@ -342,7 +342,7 @@ def _paint(p: dict[str, Any], X, Y, Z):
         tumour = d0 < bound**2
         for c, r, ang in satellites:
             tumour |= _ellipsoid(X, Y, Z, c, r, ang) < 1
-        tumour &= ~np.isin(tissue, [int(t) for t in _BONY])
+        tumour &= ~np.isin(tissue, [int(t) for t in _NO_TUMOUR])
         hu = p["hu_muscle"] + tm["hu_delta"]
         paint(tumour, PhantomTissue.TUMOUR, hu, tm["suvmax"])
         if tm["necrosis"] > 0:
