@@ -71,6 +71,7 @@ PHYSIOLOGICAL_UPTAKE = (
     PhantomTissue.LYMPH_NODE,
     PhantomTissue.BRAIN,
 )
+#: tissues a tumour never replaces (it may grow into the airway and over a tonsil)
 _NO_TUMOUR = (
     PhantomTissue.BONE,
     PhantomTissue.MARROW,
