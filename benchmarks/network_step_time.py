@@ -65,6 +65,7 @@ def main() -> None:
             num_res_blocks=config["num_res_blocks"],
             norm_num_groups=config["norm_num_groups"],
             num_head_channels=config["num_head_channels"],
+            use_flash_attention=config["use_flash_attention"],
         )
         for _ in args.modalities
     )

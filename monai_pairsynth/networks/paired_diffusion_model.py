@@ -42,6 +42,8 @@ class PairedDiffusionModel(nn.Module):
         encoder_attention: attention between each denoiser's conditional encoders at the lowest level.
         filter_init_cutoff: initial cut-off of the low-pass filters (fraction of Nyquist, in (0, 1)).
         filter_init_strength: initial strength of the low-pass filters (in (0, 1)).
+        use_flash_attention: run the UNets' attention through PyTorch's ``scaled_dot_product_attention``
+            (MONAI ``DiffusionModelUNet`` argument; same parameters and results, faster).
 
     Example:
         >>> import torch
@@ -68,6 +70,7 @@ class PairedDiffusionModel(nn.Module):
         encoder_attention: bool = True,
         filter_init_cutoff: float = 0.4,
         filter_init_strength: float = 0.8,
+        use_flash_attention: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(modalities, str):
@@ -117,6 +120,7 @@ class PairedDiffusionModel(nn.Module):
             "encoder_attention": bool(encoder_attention),
             "filter_init_cutoff": float(filter_init_cutoff),
             "filter_init_strength": float(filter_init_strength),
+            "use_flash_attention": bool(use_flash_attention),
         }
         self._modalities = modalities
         self._spatial_dims = spatial_dims
@@ -137,6 +141,7 @@ class PairedDiffusionModel(nn.Module):
                     encoder_attention=encoder_attention,
                     filter_init_cutoff=filter_init_cutoff,
                     filter_init_strength=filter_init_strength,
+                    use_flash_attention=use_flash_attention,
                 )
                 for name in modalities
             }

@@ -178,3 +178,17 @@ def test_metatensor_inputs_give_plain_tensor_outputs():
     for m in ("ct", "pet"):
         assert type(meta[m]) is torch.Tensor
         torch.testing.assert_close(meta[m], plain[m])
+
+
+def test_flash_attention_switch_keeps_parameters_and_outputs():
+    fast = PairedDiffusionModel(("ct", "pet"), use_flash_attention=True, **TINY)
+    slow = PairedDiffusionModel(("ct", "pet"), use_flash_attention=False, **TINY)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    slow.load_state_dict(fast.state_dict())  # strict: same parameter names and shapes
+    noisy, t = _inputs(("ct", "pet"), 2)
+    a, b = fast(noisy, t), slow(noisy, t)
+    for m in ("ct", "pet"):
+        assert a[m].abs().max() > 0
+        torch.testing.assert_close(a[m], b[m], rtol=1e-4, atol=1e-5)
