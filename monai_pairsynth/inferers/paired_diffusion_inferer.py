@@ -88,7 +88,7 @@ class PairedDiffusionInferer(Inferer):
     Args:
         num_train_timesteps: number of diffusion steps the network was trained with.
         schedule: MONAI noise schedule name (``"linear_beta"``, ``"scaled_linear_beta"``, ``"cosine"``, ...).
-        prediction_type: what the network predicts, ``"epsilon"`` or ``"v_prediction"``.
+        prediction_type: what the network predicts: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
         schedule_args: extra arguments of the schedule function (e.g. ``{"beta_start": 1e-4, "beta_end": 0.02}``).
         specs: ``{modality: ModalitySpec}`` (or a list of names with default specs) used to decode outputs and to
             normalise physical-unit inputs; ``None`` uses the defaults for the model's modality names.
@@ -132,20 +132,18 @@ class PairedDiffusionInferer(Inferer):
         super().__init__()
         if int(num_train_timesteps) < 1:
             raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}.")
-        allowed_pred = ("epsilon", "v_prediction")
+        allowed_pred = ("epsilon", "v_prediction", "sample")
         prediction_type = getattr(prediction_type, "value", prediction_type)
         if prediction_type not in allowed_pred:
             raise ValueError(f"prediction_type must be one of {list(allowed_pred)}, got {prediction_type!r}.")
         if float(offset_noise_scale) < 0:
             raise ValueError(f"offset_noise_scale must be >= 0, got {offset_noise_scale}.")
         if spacing is not None:
-            sp = (
-                [float(s) for s in ensure_tuple_rep(spacing, 1)]
-                if not isinstance(spacing, Sequence)
-                else spacing
-            )
-            if any(float(s) <= 0 for s in sp):
-                raise ValueError(f"spacing must be positive, got {spacing}.")
+            values = [spacing] if isinstance(spacing, (int, float)) else list(spacing)
+            if not values or any(not float(v) > 0 for v in values):
+                raise ValueError(
+                    f"spacing must be positive (a number or one per spatial dim), got {spacing}."
+                )
         if spatial_shape is not None and (
             len(spatial_shape) not in (2, 3) or any(int(s) < 1 for s in spatial_shape)
         ):
@@ -171,40 +169,52 @@ class PairedDiffusionInferer(Inferer):
     ) -> tuple[PairedDiffusionInferer, nn.Module]:
         """Build the inferer and the network from a checkpoint written by the training engine.
 
+        The inferer takes the checkpoint's noise schedule (``noise_scheduler``), ``modality_specs``,
+        ``spatial_size``, ``spacing`` and ``offset_noise_scale`` (0.1, the training default, when absent).
+
         Args:
-            checkpoint: path of a checkpoint saved by :mod:`monai_pairsynth.engines`.
+            checkpoint: path of a checkpoint saved by :func:`monai_pairsynth.engines.save_paired_checkpoint`
+                (or the loaded checkpoint dict).
             map_location: device the weights are loaded onto.
             use_ema: load the exponential-moving-average weights when the checkpoint has them.
 
         Returns:
             ``(inferer, model)``; the model is in eval mode on ``map_location``.
-        """
-        from monai_pairsynth.engines import load_paired_checkpoint
 
-        model, ckpt = load_paired_checkpoint(checkpoint, map_location=map_location, use_ema=use_ema)
-        return cls(**cls._config_from_checkpoint(ckpt)), model.eval()
+        Raises:
+            FileNotFoundError: no file at ``checkpoint``.
+            ValueError: not a checkpoint of this package, or its weights do not fit its model configuration.
+        """
+        from monai_pairsynth.engines import load_paired_checkpoint, load_paired_weights
+        from monai_pairsynth.networks import PairedDiffusionModel
+
+        if isinstance(checkpoint, Mapping):
+            ckpt = dict(checkpoint)
+            if "model_config" not in ckpt:
+                raise ValueError(
+                    f"the checkpoint dict has no 'model_config' (keys: {sorted(ckpt)}); is it a monai_pairsynth "
+                    "paired diffusion checkpoint?"
+                )
+            model = load_paired_weights(PairedDiffusionModel(**ckpt["model_config"]), ckpt, use_ema=use_ema)
+            model = model.to(map_location)
+        else:
+            model, ckpt = load_paired_checkpoint(checkpoint, map_location=map_location, use_ema=use_ema)
+        return cls(**cls.config_from_checkpoint(ckpt)), model.eval()
 
     @staticmethod
-    def _config_from_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Any]:
-        sched = dict(ckpt.get("scheduler_config") or ckpt.get("noise_scheduler") or {})
-        schedule_args = {
-            k: v for k, v in sched.items() if k not in ("num_train_timesteps", "schedule", "prediction_type")
-        }
-        schedule_args.update(sched.get("schedule_args") or {})
-        schedule_args.pop("schedule_args", None)
-        data = dict(ckpt.get("data_config") or {})
-        specs = ckpt.get("modality_specs") or ckpt.get("specs")
-        spatial = ckpt.get("spatial_size", data.get("spatial_size"))
-        spacing = ckpt.get("spacing", data.get("spacing"))
+    def config_from_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor arguments of the inferer stored in a training checkpoint dict."""
+        sched = dict(checkpoint.get("noise_scheduler") or {})
+        offset = checkpoint.get("offset_noise_scale")
         return {
-            "num_train_timesteps": sched.get("num_train_timesteps", 1000),
+            "num_train_timesteps": int(sched.get("num_train_timesteps", 1000)),
             "schedule": sched.get("schedule", "linear_beta"),
             "prediction_type": sched.get("prediction_type", "epsilon"),
-            "schedule_args": schedule_args,
-            "specs": specs,
-            "spacing": spacing,
-            "spatial_shape": spatial,
-            "offset_noise_scale": ckpt.get("offset_noise_scale", 0.1),
+            "schedule_args": dict(sched.get("schedule_args") or {}),
+            "specs": checkpoint.get("modality_specs"),
+            "spacing": checkpoint.get("spacing"),
+            "spatial_shape": checkpoint.get("spatial_size"),
+            "offset_noise_scale": 0.1 if offset is None else float(offset),
         }
 
     # ------------------------------------------------------------------ training-style forward pass

@@ -156,7 +156,7 @@ def test_sample_seeds_regenerate_a_subset(inferer, model2d):
     part = inferer.sample(model2d, sample_seeds=[13, 14], **kw)
     assert full["ct"].shape[0] == 4
     for k in KEYS:
-        torch.testing.assert_close(part[k].as_tensor(), full[k][2:].as_tensor(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(part[k].as_tensor(), full[k][2:].as_tensor(), atol=2e-4, rtol=0)
 
 
 def test_model_mode_is_restored(inferer):
@@ -484,7 +484,7 @@ def test_model_without_modalities_is_rejected(inferer):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"prediction_type": "sample"}, "prediction_type must be one of"),
+        ({"prediction_type": "x0"}, "prediction_type must be one of"),
         ({"num_train_timesteps": 0}, "num_train_timesteps must be >= 1"),
         ({"spacing": -1.0}, "spacing must be positive"),
         ({"spatial_shape": (16,)}, "spatial_shape must be 2 or 3"),
@@ -495,3 +495,45 @@ def test_model_without_modalities_is_rejected(inferer):
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PairedDiffusionInferer(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_from_checkpoint(tmp_path, model2d):
+    from monai_pairsynth.engines import read_paired_checkpoint, save_paired_checkpoint
+
+    path = save_paired_checkpoint(
+        tmp_path / "ckpt.pt",
+        model2d,
+        noise_scheduler={"num_train_timesteps": 200, "schedule": "cosine", "prediction_type": "v_prediction"},
+        spatial_size=(16, 16),
+        spacing=(2.0, 3.0),
+    )
+    inferer, model = PairedDiffusionInferer.from_checkpoint(path)
+    assert (inferer.num_train_timesteps, inferer.schedule, inferer.prediction_type) == (
+        200,
+        "cosine",
+        "v_prediction",
+    )
+    assert inferer.spatial_shape == (16, 16) and list(inferer.spacing) == [2.0, 3.0]
+    assert inferer.offset_noise_scale == 0.1 and set(inferer.specs) == set(KEYS)
+    assert not model.training
+    for (k, a), (_, b) in zip(model.state_dict().items(), model2d.state_dict().items()):
+        assert torch.equal(a, b), k
+    out = inferer.sample(model, 1, num_inference_steps=2, generator=gen(0))
+    assert out["ct"].shape == (1, 1, 16, 16)
+    torch.testing.assert_close(out["ct"].pixdim[0][:2], torch.tensor([2.0, 3.0], dtype=torch.float64))
+    # the loaded dict works as well
+    inferer2, model_b = PairedDiffusionInferer.from_checkpoint(read_paired_checkpoint(path))
+    assert inferer2.spatial_shape == (16, 16)
+    assert torch.equal(
+        inferer2.sample(model_b, 1, num_inference_steps=2, generator=gen(0))["pet"], out["pet"]
+    )
+
+
+def test_from_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        PairedDiffusionInferer.from_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="no 'model_config'"):
+        PairedDiffusionInferer.from_checkpoint({"model": {}})
