@@ -1,0 +1,345 @@
+"""Factory of the linked-diffusion ``SupervisedTrainer``: every part is a MONAI/ignite building block.
+
+``create_paired_trainer`` wires, around an unmodified MONAI ``SupervisedTrainer``:
+
+- :class:`PairedDiffusionPrepareBatch` (shared timestep, offset noise, targets) as ``prepare_batch``;
+- :class:`PairedNoiseInferer` (``DDPMScheduler.add_noise`` + ``network(noisy_dict, timesteps)``) as ``inferer``;
+- :class:`~monai_pairsynth.losses.PairedDiffusionLoss` as ``loss_function``;
+- one AdamW with a parameter group per modality (:func:`paired_param_groups`);
+- handlers: :class:`LossComponentsHandler`, :class:`PerceptualWarmup`, :class:`ClipGradNormHandler`,
+  ignite ``EMAHandler``, :class:`PairedCheckpointSaver`, MONAI ``StatsHandler`` (and
+  ``TensorBoardStatsHandler`` when tensorboard is importable), ignite ``ProgressBar`` in interactive runs.
+
+It only takes plain values and objects, so a MONAI bundle config can call it by its dotted path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.handlers import EMAHandler
+from monai.engines import SupervisedTrainer
+from monai.handlers import StatsHandler
+from monai.networks.schedulers import DDPMScheduler
+from torch import nn
+
+from monai_pairsynth.losses import PairedDiffusionLoss, PerceptualMode
+from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+
+from .clip_grad_norm_handler import ClipGradNormHandler
+from .loss_components_handler import LossComponentsHandler, paired_loss_output_transform
+from .paired_checkpoint import (
+    PairedCheckpointSaver,
+    create_noise_scheduler,
+    noise_scheduler_config,
+    read_paired_checkpoint,
+    restore_paired_training,
+)
+from .paired_noise_inferer import PairedNoiseInferer
+from .paired_prepare_batch import PairedDiffusionPrepareBatch
+from .param_groups import create_paired_optimizer
+from .perceptual_warmup import PerceptualWarmup
+
+__all__ = ["STATS_LOGGER_NAME", "PairedTrainingParts", "create_paired_trainer"]
+
+#: logger used by the trainer's StatsHandler.
+STATS_LOGGER_NAME = "monai_pairsynth.train"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PairedTrainingParts:
+    """The pieces :func:`create_paired_trainer` built, available as ``trainer.paired``."""
+
+    model: nn.Module
+    noise_scheduler: DDPMScheduler
+    noise_scheduler_config: dict[str, Any]
+    prepare_batch: PairedDiffusionPrepareBatch
+    inferer: PairedNoiseInferer
+    loss_function: PairedDiffusionLoss
+    optimizer: torch.optim.Optimizer
+    modality_specs: dict[str, ModalitySpec]
+    loss_components: LossComponentsHandler
+    perceptual_warmup: PerceptualWarmup | None = None
+    grad_clipping: ClipGradNormHandler | None = None
+    ema_handler: EMAHandler | None = None
+    checkpoint_saver: PairedCheckpointSaver | None = None
+    data_generator: torch.Generator | None = None
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        """The EMA copy of the model (the weights sampling should use), or ``None`` without EMA."""
+        return None if self.ema_handler is None else self.ema_handler.ema_model
+
+
+def _tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+def create_paired_trainer(
+    model: nn.Module,
+    train_data_loader: Iterable,
+    *,
+    max_epochs: int,
+    device: str | torch.device | None = None,
+    lr: float | Mapping[str, float] = 1e-4,
+    weight_decay: float | Mapping[str, float] = 0.0,
+    optimizer: torch.optim.Optimizer | None = None,
+    noise_scheduler: Mapping[str, Any] | None = None,
+    offset_noise_scale: float = 0.1,
+    generator: torch.Generator | None = None,
+    loss_function: PairedDiffusionLoss | None = None,
+    perceptual_weight: float = 0.0,
+    perceptual_start_epoch: int = 50,
+    perceptual_mode: PerceptualMode | str = PerceptualMode.CROSS_MODAL,
+    feature_network: nn.Module | None = None,
+    feature_weights_path: str | os.PathLike | None = None,
+    amp: bool = False,
+    amp_kwargs: Mapping[str, Any] | None = None,
+    grad_clip_norm: float | None = 1.0,
+    ema_momentum: float | None = 1e-3,
+    ema_warmup_iters: int | None = 200,
+    ema_momentum_warmup: float = 0.1,
+    output_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    keep_epoch_checkpoints: bool = False,
+    modality_specs: Sequence[str] | Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+    spatial_size: Sequence[int] | None = None,
+    spacing: float | Sequence[float] | None = None,
+    data_generator: torch.Generator | None = None,
+    epoch_length: int | None = None,
+    log_every: int = 10,
+    stats_log: bool = True,
+    tensorboard: bool | None = None,
+    progress_bar: bool | None = None,
+    extra_handlers: Sequence[Any] | None = None,
+    resume_from: str | os.PathLike | None = None,
+) -> SupervisedTrainer:
+    """Build a MONAI ``SupervisedTrainer`` that trains a ``PairedDiffusionModel``.
+
+    Args:
+        model: a ``PairedDiffusionModel`` (``modalities``, ``denoisers``, ``get_config()``, dict forward).
+        train_data_loader: yields batches ``{modality: (B, C, *spatial)}`` in [-1, 1].
+        max_epochs: epochs to train (total, counting the epochs of a resumed checkpoint).
+        device: training device; default CUDA if available, else CPU.
+        lr: learning rate, or ``{modality: lr}`` (one optimiser param group per modality).
+        weight_decay: AdamW weight decay, one value or per modality.
+        optimizer: use this optimiser instead of the per-modality AdamW.
+        noise_scheduler: :func:`noise_scheduler_config` keys (``num_train_timesteps``, ``schedule``,
+            ``prediction_type``, ``schedule_args``); default 1000-step linear DDPM, epsilon prediction.
+        offset_noise_scale: std of the per-image offset noise constant (paper: 0.1).
+        generator: ``torch.Generator`` of the noise and timestep draws (saved in checkpoints).
+        loss_function: use this loss instead of building a ``PairedDiffusionLoss``.
+        perceptual_weight: weight of the perceptual term once switched on; 0 disables it.
+        perceptual_start_epoch: epochs trained before the perceptual term starts (paper: 50).
+        perceptual_mode: ``"cross_modal"`` (paper) or ``"reconstruction"``.
+        feature_network: feature network of the perceptual term (default: frozen ``RandomConvFeatures``).
+        feature_weights_path: local state-dict file for the feature network.
+        amp: mixed precision (CUDA only): autocast + ``GradScaler`` of ``SupervisedTrainer``.
+        amp_kwargs: arguments of ``torch.autocast`` (e.g. ``{"dtype": torch.bfloat16}``).
+        grad_clip_norm: clip the global gradient norm to this value; ``None`` disables clipping.
+        ema_momentum: EMA update momentum (``ema = (1 - m) ema + m w`` per iteration); ``None`` disables EMA.
+        ema_warmup_iters: iterations over which the momentum goes linearly from ``ema_momentum_warmup``
+            down to ``ema_momentum`` (so a young EMA follows the model); ``None`` disables the warm-up.
+        ema_momentum_warmup: initial EMA momentum during the warm-up.
+        output_dir: where checkpoints (and tensorboard logs) go; ``None`` writes nothing.
+        checkpoint_every: epochs between checkpoints (one is always written at the end).
+        keep_epoch_checkpoints: keep one checkpoint file per saved epoch besides ``checkpoint.pt``.
+        modality_specs: modality specs stored in checkpoints (default: package defaults for the model's
+            modalities); their names must be the model's modalities.
+        spatial_size, spacing: training grid stored in checkpoints.
+        data_generator: the ``DataLoader``'s generator (default: ``train_data_loader.generator``), saved
+            for exact resume.
+        epoch_length: iterations per epoch (default ``len(train_data_loader)``).
+        log_every: ``StatsHandler`` iteration-log interval (0: epoch logs only; iteration logs are off
+            while a progress bar is shown).
+        stats_log: attach MONAI ``StatsHandler`` (logger ``monai_pairsynth.train``).
+        tensorboard: ``None``: log to ``output_dir/tensorboard`` if tensorboard is importable and
+            ``output_dir`` is set; ``True``: require it; ``False``: off.
+        progress_bar: ignite ``ProgressBar``; ``None``: only when stderr is a terminal.
+        extra_handlers: further handlers with ``attach(engine)``.
+        resume_from: checkpoint to continue from (see :func:`restore_paired_training`).
+
+    Returns:
+        the trainer; ``trainer.paired`` is a :class:`PairedTrainingParts` (EMA model, loss, saver, ...).
+    """
+    for attr in ("modalities", "denoisers", "get_config"):
+        if not hasattr(model, attr):
+            raise ValueError(
+                f"model must be a PairedDiffusionModel (missing {attr!r}), got {type(model).__name__}."
+            )
+    if isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1:
+        raise ValueError(f"max_epochs must be an int >= 1, got {max_epochs!r}.")
+    if isinstance(log_every, bool) or int(log_every) != log_every or log_every < 0:
+        raise ValueError(f"log_every must be an int >= 0, got {log_every!r}.")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if amp and device.type != "cuda":
+        raise ValueError(
+            f"amp=True needs a CUDA device (MONAI autocasts on 'cuda'); got device {str(device)!r}."
+        )
+    modalities = tuple(model.modalities)
+    specs = resolve_specs(modality_specs if modality_specs is not None else modalities)
+    if set(specs) != set(modalities):
+        raise ValueError(
+            f"modality_specs name {sorted(specs)}, but the model has modalities {list(modalities)}; they must match."
+        )
+    if tensorboard and not _tensorboard_available():
+        raise ValueError(
+            "tensorboard=True, but the 'tensorboard' package is not importable: pip install tensorboard."
+        )
+    if tensorboard and output_dir is None:
+        raise ValueError("tensorboard=True needs output_dir for its log folder.")
+
+    model = model.to(device)
+    sched_cfg = noise_scheduler_config(**dict(noise_scheduler or {}))
+    scheduler = create_noise_scheduler(sched_cfg)
+    prepare_batch = PairedDiffusionPrepareBatch(
+        modalities,
+        sched_cfg["num_train_timesteps"],
+        offset_noise_scale=offset_noise_scale,
+        generator=generator,
+        prediction_type=sched_cfg["prediction_type"],
+        scheduler=scheduler,
+    )
+    inferer = PairedNoiseInferer(scheduler)
+    if loss_function is None:
+        loss_function = PairedDiffusionLoss(
+            scheduler,
+            prediction_type=sched_cfg["prediction_type"],
+            perceptual_mode=perceptual_mode,
+            feature_network=feature_network,
+            feature_weights_path=feature_weights_path,
+            spatial_dims=int(getattr(model, "spatial_dims", 2)),
+        )
+    loss_function = loss_function.to(device)
+    if optimizer is None:
+        optimizer = create_paired_optimizer(model, lr=lr, weight_decay=weight_decay)
+    if data_generator is None:
+        data_generator = getattr(train_data_loader, "generator", None)
+
+    loss_components = LossComponentsHandler(loss_function)
+    handlers: list[Any] = [loss_components]
+    warmup = None
+    if perceptual_weight and float(perceptual_weight) > 0:
+        warmup = PerceptualWarmup(perceptual_start_epoch, perceptual_weight, loss_function)
+        handlers.append(warmup)
+    clipping = ClipGradNormHandler(grad_clip_norm) if grad_clip_norm is not None else None
+    if clipping is not None:
+        handlers.append(clipping)
+    ema_handler = None
+    if ema_momentum is not None:
+        warm = (
+            {}
+            if ema_warmup_iters is None
+            else {"momentum_warmup": ema_momentum_warmup, "warmup_iters": ema_warmup_iters}
+        )
+        ema_handler = EMAHandler(model, momentum=ema_momentum, **warm)
+    saver = None
+    if output_dir is not None:
+        saver = PairedCheckpointSaver(
+            output_dir,
+            model,
+            optimizer=optimizer,
+            ema_handler=ema_handler,
+            loss_function=loss_function,
+            prepare_batch=prepare_batch,
+            noise_scheduler=sched_cfg,
+            modality_specs=specs,
+            spatial_size=spatial_size,
+            spacing=spacing,
+            data_generator=data_generator,
+            every=checkpoint_every,
+            keep_epoch_files=keep_epoch_checkpoints,
+        )
+    show_progress = sys.stderr.isatty() if progress_bar is None else bool(progress_bar)
+    if stats_log:
+        iteration_log: Any = False
+        if log_every > 0 and not show_progress:
+            iteration_log = lambda engine, it: it % log_every == 0  # noqa: E731
+        handlers.append(
+            StatsHandler(
+                iteration_log=iteration_log,
+                output_transform=paired_loss_output_transform,
+                name=STATS_LOGGER_NAME,
+                tag_name="loss",
+            )
+        )
+    use_tb = bool(tensorboard) or (
+        tensorboard is None and output_dir is not None and _tensorboard_available()
+    )
+    if use_tb:
+        from monai.handlers import TensorBoardStatsHandler
+
+        handlers.append(
+            TensorBoardStatsHandler(
+                log_dir=str(Path(output_dir) / "tensorboard"),  # type: ignore[arg-type]
+                output_transform=paired_loss_output_transform,
+                tag_name="loss",
+            )
+        )
+    handlers.extend(extra_handlers or [])
+
+    trainer = SupervisedTrainer(
+        device=device,
+        max_epochs=int(max_epochs),
+        train_data_loader=train_data_loader,
+        network=model,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        epoch_length=epoch_length,
+        prepare_batch=prepare_batch,
+        inferer=inferer,
+        train_handlers=handlers,
+        amp=amp,
+        amp_kwargs=dict(amp_kwargs or {}),
+        decollate=False,
+        optim_set_to_none=True,
+    )
+    if ema_handler is not None:
+        ema_handler.attach(trainer, name="ema_momentum")
+    if saver is not None:
+        saver.attach(trainer)  # after EMA: an epoch's checkpoint holds the EMA of its last iteration
+    if show_progress:
+        from ignite.handlers import ProgressBar
+
+        ProgressBar(persist=False).attach(
+            trainer, output_transform=lambda out: {"loss": paired_loss_output_transform(out).get("loss")}
+        )
+    trainer.paired = PairedTrainingParts(  # type: ignore[attr-defined]
+        model=model,
+        noise_scheduler=scheduler,
+        noise_scheduler_config=sched_cfg,
+        prepare_batch=prepare_batch,
+        inferer=inferer,
+        loss_function=loss_function,
+        optimizer=optimizer,
+        modality_specs=dict(specs),
+        loss_components=loss_components,
+        perceptual_warmup=warmup,
+        grad_clipping=clipping,
+        ema_handler=ema_handler,
+        checkpoint_saver=saver,
+        data_generator=data_generator,
+    )
+    if resume_from is not None:
+        ckpt = read_paired_checkpoint(resume_from)
+        saved_sched = ckpt.get("noise_scheduler") or {}
+        if saved_sched != sched_cfg:
+            raise ValueError(
+                f"resume_from {str(resume_from)!r} was trained with noise scheduler {saved_sched}, "
+                f"this trainer uses {sched_cfg}."
+            )
+        restore_paired_training(
+            trainer, ckpt, ema_handler=ema_handler, prepare_batch=prepare_batch, data_generator=data_generator
+        )
+        logger.info("resumed from %s at epoch %d", resume_from, trainer.state.epoch)
+    return trainer
