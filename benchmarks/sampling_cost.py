@@ -148,6 +148,7 @@ def time_step(
             num_res_blocks=cfg["num_res_blocks"],
             norm_num_groups=cfg["norm_num_groups"],
             num_head_channels=cfg["num_head_channels"],
+            use_flash_attention=cfg.get("use_flash_attention", False),  # identical UNet configuration
         ).eval()
         for m in model.modalities
     }
