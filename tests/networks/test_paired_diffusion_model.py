@@ -192,3 +192,16 @@ def test_flash_attention_switch_keeps_parameters_and_outputs():
     for m in ("ct", "pet"):
         assert a[m].abs().max() > 0
         torch.testing.assert_close(a[m], b[m], rtol=1e-4, atol=1e-5)
+
+
+def test_runs_under_bfloat16_autocast():
+    model = PairedDiffusionModel(("ct", "pet"), **TINY)
+    noisy, t = _inputs(("ct", "pet"), 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(noisy, t)
+    loss = sum(o.float().square().mean() for o in out.values())
+    loss.backward()
+    for m in ("ct", "pet"):
+        assert out[m].shape == noisy[m].shape
+        assert torch.isfinite(out[m]).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
