@@ -214,9 +214,11 @@ class PairedDiffusionModel(nn.Module):
                 f"every spatial size must be divisible by {self.downsample_factor} = 2**(len(channels) - 1); "
                 f"size(s) {bad} are not."
             )
-        for m in expected:
-            if not torch.isfinite(noisy[m]).all():
-                raise ValueError(f"modality '{m}' contains NaN or Inf values (shape {shape}).")
+        # one device synchronisation for all modalities; look for the culprit only when something is wrong
+        finite = torch.stack([torch.isfinite(noisy[m]).all() for m in expected])
+        if not bool(finite.all()):
+            bad_modalities = [m for m, ok in zip(expected, finite.tolist()) if not ok]
+            raise ValueError(f"modality {bad_modalities} contains NaN or Inf values (shape {shape}).")
         if not isinstance(timesteps, torch.Tensor):
             raise ValueError(f"timesteps must be a torch.Tensor, got {type(timesteps).__name__}.")
         batch = shape[0]

@@ -123,8 +123,14 @@ def _bad_cases():
             t,
             r"spatial size \(18, 16\).*divisible by 4.*\[18\]",
         ),
-        ("nan", nan_pet, t, r"'pet' contains NaN"),
-        ("inf", inf_label, t, r"'label' contains NaN or Inf"),
+        ("nan", nan_pet, t, r"modality \['pet'\] contains NaN"),
+        ("inf", inf_label, t, r"modality \['label'\] contains NaN or Inf"),
+        (
+            "nan and inf",
+            dict(nan_pet, label=inf_label["label"]),
+            t,
+            r"\['pet', 'label'\] contains NaN or Inf",
+        ),
         (
             "timesteps length",
             ok,
