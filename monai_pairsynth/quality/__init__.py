@@ -21,6 +21,7 @@ from .kmeans import kmeans
 from .mc_dropout_features import FeaturePass, MCDropoutFeatureExtractor, find_dropout_modules
 from .selection_result import RejectionReason, SelectionMode, SelectionResult
 from .triplet_batches import IntensityUnits, iter_triplet_batches, prepare_triplet_batch
+from .triplet_corruptions import TripletCorruption, corrupt_triplets
 
 __all__ = [
     "FeatureCentroidFilter",
@@ -32,8 +33,10 @@ __all__ = [
     "SelectionMode",
     "SelectionResult",
     "StrataMethod",
+    "TripletCorruption",
     "build_feature_segmenter",
     "centroid_distances",
+    "corrupt_triplets",
     "find_dropout_modules",
     "iter_triplet_batches",
     "kmeans",

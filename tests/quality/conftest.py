@@ -10,8 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import torch
-from quality_phantom import NUM_CALIBRATION, NUM_TEST, NUM_TRAIN, SEGMENTER, phantom_cases, stack
+from quality_phantom import NUM_CALIBRATION, NUM_TEST, NUM_TRAIN, SEGMENTER, one_thread, phantom_cases, stack
 
 from monai_pairsynth.quality import FeatureCentroidFilter, train_feature_segmenter
 
@@ -24,19 +23,15 @@ def _one_intra_op_thread():
     other: a 16x16 UNet forward took 0.55 s with 2 threads and 0.01 s with 1 (measured). Scoped to
     tests/quality only; nothing global is changed.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
 def phantom_setup():
     """A 2D feature segmenter trained on 128 phantom cases (64×64 at 4 mm) and a fitted filter (K = 4)."""
     timings = {}
-    previous_threads = torch.get_num_threads()  # session fixtures start before the autouse one above
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # session fixtures start before the autouse one above
         start = time.perf_counter()
         train = phantom_cases(NUM_TRAIN, base_seed=0)
         calibration = phantom_cases(NUM_CALIBRATION, base_seed=50_000)
@@ -50,8 +45,6 @@ def phantom_setup():
             train, calibration=calibration
         )
         timings["fit_s"] = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(previous_threads)
     return SimpleNamespace(
         network=network,
         filter=quality_filter,
