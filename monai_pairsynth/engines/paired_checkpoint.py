@@ -7,6 +7,7 @@ A checkpoint is a ``dict`` written with :func:`monai_pairsynth.utils.atomic_save
     model_class, model_config    "PairedDiffusionModel", model.get_config()  (rebuilds the model)
     model, ema_model             state dicts (ema_model: the EMA weights used for sampling, or None)
     noise_scheduler              {"num_train_timesteps", "schedule", "prediction_type", "schedule_args"}
+    offset_noise_scale           offset noise std used in training (samplers start from the same noise law)
     modality_specs               {modality: ModalitySpec.to_dict()}
     spatial_size, spacing        training grid (e.g. [64, 64], 4.0 mm)
     optimizer, scaler            optimiser state (per-modality param groups) and AMP GradScaler state
@@ -170,7 +171,7 @@ def build_paired_checkpoint(
         modality_specs: specs of the modalities (default: the package defaults for the model's modalities).
         spatial_size, spacing: training grid.
         loss_function: its ``perceptual_weight`` is stored.
-        prepare_batch: its ``generator`` state is stored.
+        prepare_batch: its ``generator`` state and ``offset_noise_scale`` are stored.
         ema_handler: ignite ``EMAHandler``; its EMA model and warm-up position are stored.
         data_generator: the ``DataLoader``'s generator (shuffling order), stored for exact resume.
     """
@@ -198,6 +199,9 @@ def build_paired_checkpoint(
         "modality_specs": {m: s.to_dict() for m, s in specs.items()},
         "spatial_size": None if spatial_size is None else [int(s) for s in spatial_size],
         "spacing": None if spacing is None else _jsonable(spacing),
+        "offset_noise_scale": None
+        if getattr(prepare_batch, "offset_noise_scale", None) is None
+        else float(prepare_batch.offset_noise_scale),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "scaler": None if scaler is None else scaler.state_dict(),
         "trainer": None,

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import importlib.util
+import logging
+
 import pytest
 import torch
 from ignite.engine import Events
@@ -7,6 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys
 
 from monai_pairsynth.engines import (
+    STATS_LOGGER_NAME,
     ClipGradNormHandler,
     PerceptualWarmup,
     create_paired_trainer,
@@ -154,6 +158,7 @@ def test_checkpoint_round_trip_model_and_ema(tmp_path):
         "schedule_args": {},
     }
     assert ckpt["model_config"] == model.get_config()
+    assert ckpt["offset_noise_scale"] == 0.1
     assert sorted(ckpt["modality_specs"]) == sorted(MODS) and ckpt["modality_specs"]["ct"]["unit"] == "HU"
     assert ckpt["optimizer"]["param_groups"][0]["modality"] == "ct"
     # readable without pickled code
@@ -365,6 +370,33 @@ def test_v_prediction_training_runs_and_records_it(tmp_path):
         read_paired_checkpoint(tmp_path / "checkpoint.pt")["noise_scheduler"]["prediction_type"]
         == "v_prediction"
     )
+
+
+@pytest.mark.parametrize("progress_bar", [False, True])
+def test_logging_of_per_modality_losses(capsys, progress_bar):
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger(STATS_LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        tiny_trainer(data=tiny_data(1), stats_log=True, log_every=1, progress_bar=progress_bar).run()
+    finally:
+        logger.removeHandler(handler)
+    iteration_lines = [r for r in records if "Iter: 1/1" in r]
+    epoch_lines = [r for r in records if "Epoch[1] Metrics" in r]
+    assert len(epoch_lines) == 1
+    # with a progress bar, the per-iteration log lines are left to the bar
+    assert len(iteration_lines) == (0 if progress_bar else 1)
+    for line in iteration_lines + epoch_lines:
+        assert all(f"mse_{m}:" in line for m in MODS) and "perceptual:" in line
+    assert ("100%" in capsys.readouterr().err) == progress_bar
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
+def test_tensorboard_requested_but_missing(tmp_path):
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        tiny_trainer(tensorboard=True, output_dir=tmp_path)
 
 
 @pytest.mark.gpu
