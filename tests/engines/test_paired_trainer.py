@@ -399,6 +399,38 @@ def test_tensorboard_requested_but_missing(tmp_path):
         tiny_trainer(tensorboard=True, output_dir=tmp_path)
 
 
+@pytest.mark.parametrize(
+    "modalities, shape",
+    [
+        (("ct", "pet"), (16, 16)),
+        (("ct", "mr", "oar", "label"), (16, 16)),
+        (("ct", "pet", "label"), (8, 8, 8)),
+    ],
+)
+def test_other_modality_sets_and_3d(tmp_path, modalities, shape):
+    specs = {
+        m: {"kind": "mask" if m in ("oar", "label") else "image", "low": -1.0, "high": 1.0}
+        for m in modalities
+    }
+    torch.manual_seed(0)
+    model = PairedDiffusionModel(modalities, spatial_dims=len(shape), **TINY)
+    data = [{m: torch.rand(1, 1, *shape) * 2 - 1 for m in modalities}]
+    trainer = tiny_trainer(
+        model,
+        data,
+        perceptual_weight=0.1,
+        perceptual_start_epoch=0,
+        output_dir=tmp_path,
+        modality_specs=specs,
+    )
+    trainer.run()
+    metrics = trainer.state.metrics
+    assert all(f"mse_{m}" in metrics and f"perceptual_{m}" in metrics for m in modalities)
+    assert metrics["perceptual"] > 0
+    loaded, ckpt = load_paired_checkpoint(tmp_path / "checkpoint.pt")
+    assert loaded.modalities == modalities and sorted(ckpt["modality_specs"]) == sorted(modalities)
+
+
 @pytest.mark.gpu
 def test_amp_training_on_cuda(tmp_path):
     model = tiny_model()
