@@ -3,6 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+# The test networks are tiny: one intra-op thread is as fast as two for them, and it keeps the suite from
+# oversubscribing a small shared CI machine (two threads per process on two busy cores is many times slower).
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -14,6 +18,6 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
     yield
