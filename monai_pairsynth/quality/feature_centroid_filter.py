@@ -145,7 +145,7 @@ class FeatureCentroidFilter:
         distance_quantile: float = 0.95,
         certainty_quantile: float = 0.05,
         entropy_quantile: float | None = None,
-        memorisation_quantile: float = 0.02,
+        memorisation_quantile: float = 0.01,
         units: IntensityUnits | str = IntensityUnits.NORMALIZED,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
         embedding_size: int | None = None,
