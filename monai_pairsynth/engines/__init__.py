@@ -16,6 +16,7 @@ from .paired_checkpoint import (
     build_paired_checkpoint,
     check_model_config,
     create_noise_scheduler,
+    export_sampling_checkpoint,
     load_paired_checkpoint,
     load_paired_weights,
     noise_scheduler_config,
@@ -32,6 +33,7 @@ from .param_groups import create_paired_optimizer, paired_param_groups
 from .perceptual_warmup import PerceptualWarmup
 
 __all__ = [
+    "export_sampling_checkpoint",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "DEFAULT_CPU_MODEL_KWARGS",

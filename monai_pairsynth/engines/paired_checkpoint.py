@@ -45,6 +45,7 @@ __all__ = [
     "build_paired_checkpoint",
     "check_model_config",
     "create_noise_scheduler",
+    "export_sampling_checkpoint",
     "load_paired_checkpoint",
     "load_paired_weights",
     "noise_scheduler_config",
@@ -558,3 +559,30 @@ class PairedCheckpointSaver:
         if self.keep_epoch_files:
             atomic_save_torch(ckpt, self.save_dir / f"checkpoint_epoch{engine.state.epoch:04d}.pt")
         self._saved_at = engine.state.iteration
+
+
+def export_sampling_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike, use_ema: bool = True, half: bool = False
+) -> Path:
+    """Write a slim copy of a training checkpoint that holds only what sampling needs.
+
+    The weights sampling should use (the EMA weights when the run kept them) become the checkpoint's
+    ``model``; optimiser, scaler, RNG and EMA-handler state are dropped, so the file is about a quarter of the
+    training checkpoint. It still rebuilds its own model with :func:`load_paired_checkpoint`; it cannot
+    resume training.
+
+    Args:
+        src: training checkpoint.
+        dst: output file (written atomically).
+        use_ema: take the EMA weights if present.
+        half: store floating-point weights as float16 (they are cast back to float32 on load).
+    """
+    ckpt = read_paired_checkpoint(src)
+    weights = ckpt.get("ema_model") if use_ema and ckpt.get("ema_model") is not None else ckpt["model"]
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scaler", "rng", "ema", "ema_model", "model")}
+    slim["model"] = weights
+    slim["ema_model"] = None
+    slim["optimizer"] = slim["scaler"] = slim["rng"] = slim["ema"] = None
+    return atomic_save_torch(slim, dst)
