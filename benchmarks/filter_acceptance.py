@@ -4,8 +4,8 @@ For each seed: train the feature segmenter on ``--num-train`` phantom cases, fit
 :class:`~monai_pairsynth.quality.FeatureCentroidFilter` (thresholds calibrated on ``--num-calibration``
 held-out cases), then score ``--num-test`` further held-out cases, four corruptions of them (mask shifted off
 the tumour, tumour uptake removed from PET, pure noise, CT mirrored against its PET) and near-copies of
-training cases (CT and PET plus Gaussian noise of sigma 0.01 on the [-1, 1] scale). Reports, per case type, the median scores, the streaming
-acceptance rate with the rejection reasons, and for pool mode (N = 16, r = 0.5: pools of 4rN = 32 candidates,
+training cases (CT and PET plus Gaussian noise of sigma 0.01 on the [-1, 1] scale). Reports, per case type,
+the median scores, the streaming acceptance rate with the rejection reasons, and for pool mode (N = 16, r = 0.5: pools of 4rN = 32 candidates,
 16 real + 16 of the case type, 8 kept) the share of real triplets among the kept ones (0.5 = chance).
 
 Usage::

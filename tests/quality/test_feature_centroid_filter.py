@@ -339,6 +339,19 @@ def test_dataloader_and_list_give_the_same_fit(real):
     assert torch.allclose(batched.real_scores["distance"], single.real_scores["distance"], atol=1e-6)
 
 
+def test_fit_on_a_phantom_dataset_of_metatensors():
+    from monai_pairsynth.data import NormalizeModalitiesd, PhantomDataset
+
+    ds = PhantomDataset(8, spatial_size=(16, 16), spacing=16.0, transform=NormalizeModalitiesd(list(KEYS)))
+    net = tiny_network()
+    from_dataset = FeatureCentroidFilter(net, mc_passes=2, batch_size=3).fit(ds)
+    from_list = FeatureCentroidFilter(net, mc_passes=2, batch_size=3).fit(phantom_cases(8, 0, **TINY))
+    assert torch.allclose(from_dataset.real_scores["distance"], from_list.real_scores["distance"], atol=1e-6)
+    loader = DataLoader(ds, batch_size=4)  # MONAI MetaTensor batches with string/int metadata keys
+    from_loader = FeatureCentroidFilter(net, mc_passes=2, batch_size=3).fit(loader)
+    assert torch.allclose(from_loader.real_scores["distance"], from_list.real_scores["distance"], atol=1e-5)
+
+
 # ---------------------------------------------------------------- state
 
 
