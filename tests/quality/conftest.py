@@ -1,7 +1,7 @@
 """Shared, session-scoped phantom set-up for the quality-filter tests (trained once, a few seconds).
 
-Measured on the 2-core build machine (shared with other jobs): generating the 224 phantom cases ~1-2 s,
-training the segmenter ~8-12 s, fitting the filter ~3-4 s.
+Measured on the 2-core build machine (shared with other jobs, one thread): generating the 224 phantom cases
+1-4 s, training the segmenter 5-11 s, fitting the filter 1.5-2.5 s (about 10-16 s in all).
 """
 
 from __future__ import annotations
