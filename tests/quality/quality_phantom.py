@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 
 from monai_pairsynth.data import NormalizeModalitiesd, PhantomDataset
@@ -41,14 +38,3 @@ def phantom_cases(
 
 def stack(cases: list[dict]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([c[k] for c in cases]) for k in KEYS}
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """One intra-op thread inside the block, then the previous setting (see ``conftest._one_intra_op_thread``)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

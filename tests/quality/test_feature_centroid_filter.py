@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from quality_phantom import KEYS, one_thread, phantom_cases, stack
+from quality_phantom import KEYS, phantom_cases, stack
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -43,8 +43,7 @@ def candidates():
 
 @pytest.fixture(scope="module")
 def fitted(real):
-    with one_thread():  # module fixtures start before the autouse one-thread fixture
-        return FeatureCentroidFilter(tiny_network(), mc_passes=3, seed=0).fit(real)
+    return FeatureCentroidFilter(tiny_network(), mc_passes=3, seed=0).fit(real)
 
 
 def make_scores(distance, certainty, entropy=None, nearest_real=None):

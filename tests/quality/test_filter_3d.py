@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from quality_phantom import one_thread, phantom_cases, stack
+from quality_phantom import phantom_cases, stack
 
 from monai_pairsynth.quality import FeatureCentroidFilter, corrupt_triplets, train_feature_segmenter
 
@@ -13,13 +13,12 @@ GRID = {"spatial_dims": 3, "spatial_size": (16, 16, 16), "spacing": 8.0}
 
 @pytest.fixture(scope="module")
 def setup_3d():
-    with one_thread():  # module fixtures start before the autouse one-thread fixture
-        real = phantom_cases(24, base_seed=0, **GRID)
-        net = train_feature_segmenter(
-            real, spatial_dims=3, channels=(4, 8, 16), num_res_units=0, epochs=3, batch_size=4, seed=0
-        )
-        filt = FeatureCentroidFilter(net, mc_passes=2).fit(real)
-        return real, net, filt, stack(phantom_cases(8, base_seed=900, **GRID))
+    real = phantom_cases(24, base_seed=0, **GRID)
+    net = train_feature_segmenter(
+        real, spatial_dims=3, channels=(4, 8, 16), num_res_units=0, epochs=3, batch_size=4, seed=0
+    )
+    filt = FeatureCentroidFilter(net, mc_passes=2).fit(real)
+    return real, net, filt, stack(phantom_cases(8, base_seed=900, **GRID))
 
 
 def test_3d_scores_and_selection(setup_3d):

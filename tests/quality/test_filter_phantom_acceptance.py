@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from quality_phantom import one_thread, stack
+from quality_phantom import stack
 
 from monai_pairsynth.quality import RejectionReason, corrupt_triplets
 
@@ -20,11 +20,10 @@ CORRUPTIONS = ("shifted_mask", "tumour_removed_pet", "pure_noise", "flipped_ct")
 @pytest.fixture(scope="module")
 def cases(phantom_setup):
     """``{name: (batch, scores)}`` for the 64 real held-out triplets and each corruption of them (scored once)."""
-    with one_thread():  # module fixtures start before the autouse one-thread fixture
-        out = {"real": (phantom_setup.test, phantom_setup.filter.score(phantom_setup.test))}
-        for kind in CORRUPTIONS:
-            bad = corrupt_triplets(phantom_setup.test, kind, generator=torch.Generator().manual_seed(0))
-            out[kind] = (bad, phantom_setup.filter.score(bad))
+    out = {"real": (phantom_setup.test, phantom_setup.filter.score(phantom_setup.test))}
+    for kind in CORRUPTIONS:
+        bad = corrupt_triplets(phantom_setup.test, kind, generator=torch.Generator().manual_seed(0))
+        out[kind] = (bad, phantom_setup.filter.score(bad))
     return out
 
 
