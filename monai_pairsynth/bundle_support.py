@@ -83,7 +83,9 @@ def check_synthetic_ratio(ratio: Any) -> float:
     except (TypeError, ValueError):
         raise BundleSettingError(f"synthetic_ratio must be a number >= 0, got {ratio!r}.") from None
     if not math.isfinite(r) or r < 0:
-        raise BundleSettingError(f"synthetic_ratio must be a finite number >= 0 (0 = real only), got {ratio!r}.")
+        raise BundleSettingError(
+            f"synthetic_ratio must be a finite number >= 0 (0 = real only), got {ratio!r}."
+        )
     return r
 
 

@@ -32,11 +32,17 @@ def test_real_datalist_phantom_default_and_errors(tmp_path):
 
 
 def test_real_datalist_hecktor_split_is_patient_disjoint(tmp_path):
-    write_phantom_hecktor(tmp_path / "h", num_cases=10, spatial_size=(24, 24, 8), spacing=4.0, pet_spacing=8.0)
+    write_phantom_hecktor(
+        tmp_path / "h", num_cases=10, spatial_size=(24, 24, 8), spacing=4.0, pet_spacing=8.0
+    )
     parts = {s: real_datalist(tmp_path / "h", s) for s in ("train", "val", "test")}
     ids = {s: {d["patient_id"] for d in v} for s, v in parts.items()}
     assert sum(len(v) for v in parts.values()) == 10
-    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    assert (
+        not (ids["train"] & ids["val"])
+        and not (ids["train"] & ids["test"])
+        and not (ids["val"] & ids["test"])
+    )
     assert parts["train"] == real_datalist(tmp_path / "h", "train")
 
 
@@ -52,7 +58,9 @@ def test_export_sampling_checkpoint_is_slim_and_loads(tmp_path):
     for p in ema.parameters():
         p.data.add_(0.01)
     opt = torch.optim.Adam(model.parameters())
-    src = save_paired_checkpoint(tmp_path / "full.pt", model, ema_model=ema, optimizer=opt, spatial_size=(16, 16), spacing=4.0)
+    src = save_paired_checkpoint(
+        tmp_path / "full.pt", model, ema_model=ema, optimizer=opt, spatial_size=(16, 16), spacing=4.0
+    )
     dst = export_sampling_checkpoint(src, tmp_path / "slim.pt")
     assert dst.stat().st_size < src.stat().st_size
     loaded, ckpt = load_paired_checkpoint(dst)

@@ -558,5 +558,11 @@ class PhantomDataset(Dataset):
         return [self.base_seed + i for i in range(self.num_cases)]
 
     def _transform(self, index: int):
-        case = make_phantom_case(self.base_seed + int(index), **self.case_kwargs)
+        index = int(index)
+        if index < 0:
+            index += self.num_cases
+        if not 0 <= index < self.num_cases:
+            # iteration (``for case in dataset``) relies on IndexError to stop
+            raise IndexError(f"PhantomDataset index {index} out of range for {self.num_cases} cases.")
+        case = make_phantom_case(self.base_seed + index, **self.case_kwargs)
         return apply_transform(self.transform, case) if self.transform is not None else case

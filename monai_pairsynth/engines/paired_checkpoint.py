@@ -581,7 +581,9 @@ def export_sampling_checkpoint(
     weights = ckpt.get("ema_model") if use_ema and ckpt.get("ema_model") is not None else ckpt["model"]
     if half:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer", "scaler", "rng", "ema", "ema_model", "model")}
+    slim = {
+        k: v for k, v in ckpt.items() if k not in ("optimizer", "scaler", "rng", "ema", "ema_model", "model")
+    }
     slim["model"] = weights
     slim["ema_model"] = None
     slim["optimizer"] = slim["scaler"] = slim["rng"] = slim["ema"] = None

@@ -184,3 +184,12 @@ def test_bad_arguments(kwargs, match):
 def test_bad_dataset_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PhantomDataset(**kwargs)
+
+
+def test_phantom_dataset_iteration_stops_and_negative_index():
+    ds = PhantomDataset(3, base_seed=5, spatial_size=(16, 16), spacing=16.0)
+    cases = list(ds)
+    assert [c["seed"] for c in cases] == [5, 6, 7]
+    assert ds[-1]["seed"] == 7
+    with pytest.raises(IndexError, match="out of range"):
+        ds[3]
