@@ -835,7 +835,7 @@ class DiffusionPoolSource:
     """A pool source that samples a trained linked diffusion model with :class:`PairedDiffusionInferer`.
 
     Args:
-        inferer_or_checkpoint: a checkpoint path (or loaded checkpoint dict) written by the training engine —
+        inferer_or_checkpoint: a checkpoint path written by the training engine (``save_paired_checkpoint``) —
             the network and the inferer are rebuilt with ``PairedDiffusionInferer.from_checkpoint`` — or a
             ``PairedDiffusionInferer`` (then ``model`` is required).
         model: the ``PairedDiffusionModel`` when an inferer is given.
@@ -879,14 +879,12 @@ class DiffusionPoolSource:
     ) -> None:
         from monai_pairsynth.inferers.paired_diffusion_inferer import PairedDiffusionInferer
 
-        if isinstance(inferer_or_checkpoint, (str, os.PathLike, Mapping)):
+        if isinstance(inferer_or_checkpoint, (str, os.PathLike)):
             if model is not None:
                 raise ValueError(
                     "pass either a checkpoint (the model is read from it) or an inferer and a model."
                 )
-            if isinstance(inferer_or_checkpoint, (str, os.PathLike)) and not os.path.isfile(
-                inferer_or_checkpoint
-            ):
+            if not os.path.isfile(inferer_or_checkpoint):
                 raise FileNotFoundError(f"no diffusion checkpoint at {os.fspath(inferer_or_checkpoint)!r}.")
             inferer, model = PairedDiffusionInferer.from_checkpoint(
                 inferer_or_checkpoint, map_location="cpu", use_ema=use_ema
@@ -897,7 +895,7 @@ class DiffusionPoolSource:
             inferer = inferer_or_checkpoint
         else:
             raise ValueError(
-                "inferer_or_checkpoint must be a checkpoint path, a checkpoint dict or a PairedDiffusionInferer, "
+                "inferer_or_checkpoint must be a checkpoint path or a PairedDiffusionInferer, "
                 f"got {type(inferer_or_checkpoint).__name__}."
             )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:

@@ -370,3 +370,23 @@ def test_diffusion_source_fills_a_pool_and_seeds_from_a_sample():
     assert all(tuple(out[k].shape) == (1, *SHAPE) and bool(torch.isfinite(out[k]).all()) for k in KEYS)
     assert set(out["label"].unique().tolist()) <= {0.0, 1.0}
     assert not torch.equal(out["ct"].as_tensor(), sample["ct"].as_tensor())
+
+
+def test_diffusion_source_from_a_training_checkpoint(tmp_path):
+    from monai_pairsynth.data.synthesis_pool import DiffusionPoolSource
+    from monai_pairsynth.engines import save_paired_checkpoint
+    from monai_pairsynth.networks import PairedDiffusionModel
+
+    model = PairedDiffusionModel(KEYS, channels=(4, 8), attention_levels=(False, False), norm_num_groups=4)
+    path = save_paired_checkpoint(tmp_path / "diffusion.pt", model, spatial_size=SHAPE, spacing=2.5)
+    source = DiffusionPoolSource(path, num_inference_steps=2, device="cpu")
+    assert (source.keys, source.spatial_shape, source.device.type) == (KEYS, SHAPE, "cpu")
+    checkpoint_pool = SynthesisPool(2, source=source)
+    assert checkpoint_pool.fill().accepted == 2
+    assert checkpoint_pool[0]["pet"].pixdim.tolist() == [2.5, 2.5]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        DiffusionPoolSource(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="checkpoint path or a PairedDiffusionInferer"):
+        DiffusionPoolSource(42)
+    with pytest.raises(ValueError, match="model"):
+        DiffusionPoolSource(source.inferer)

@@ -53,3 +53,41 @@ def test_worked_example_trains_two_epochs_on_cpu(variant, capsys):
     else:
         assert "pool" not in namespace and len(namespace["train_ds"]) == 16
         assert trainer.state.iteration == 4  # 16 real samples, batch 8, two epochs
+
+
+def test_transform_alternative_replaces_a_third_of_the_samples():
+    text = DOC.read_text(encoding="utf-8")
+    block = re.search(r"<!-- transform-alternative:start -->\s*```python\n(.*?)```", text, re.S)
+    assert block is not None
+    from monai.data import Dataset
+    from monai.transforms import Compose, ConcatItemsd, RandFlipd, ScaleIntensityRanged
+
+    from monai_pairsynth.data.phantom import PhantomDataset
+    from monai_pairsynth.data.synthesis_pool import PhantomPoolSource, SynthesisPool
+
+    size, spacing = (32, 32), 8.0
+    pool = SynthesisPool(
+        8, spatial_shape=size, spacing=spacing, source=PhantomPoolSource(size, spacing=spacing)
+    )
+    pool.fill()
+    phantom = PhantomDataset(30, spatial_size=size, spacing=spacing)
+    namespace = {
+        "pool": pool,
+        "train_cases": [phantom[i] for i in range(30)],
+        "preprocess": [
+            ScaleIntensityRanged("ct", a_min=-1000, a_max=1000, b_min=-1, b_max=1, clip=True),
+            ScaleIntensityRanged("pet", a_min=0, a_max=15, b_min=0, b_max=1, clip=True),
+            ConcatItemsd(["ct", "pet"], "image"),
+        ],
+        "Compose": Compose,
+        "RandFlipd": RandFlipd,
+        "Dataset": Dataset,
+    }
+    exec(compile(block.group(1), str(DOC), "exec"), namespace)
+    namespace["synthesize"].set_random_state(seed=0)
+    items = [namespace["train_ds"][i] for i in range(30)]
+    synthetic = sum(item["synthetic"] for item in items)
+    assert 4 <= synthetic <= 18  # Binomial(30, 1/3): mean 10, this band holds with probability > 0.99
+    assert all(
+        tuple(item["image"].shape) == (2, *size) and float(item["image"].max()) <= 1.0 for item in items
+    )
