@@ -27,12 +27,15 @@ import concurrent.futures
 import logging
 import math
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -312,7 +315,10 @@ class SynthesisPool:
         }
 
     def _init_runtime(self) -> None:
-        self._lock = threading.RLock()
+        self._lock = (
+            threading.RLock()
+        )  # guards the slots and the counts (held briefly, never while generating)
+        self._generation_lock = threading.Lock()  # one fill/refill at a time (the generator is not shared)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._future: concurrent.futures.Future | None = None
         self._generator: torch.Generator | None = None
@@ -322,7 +328,7 @@ class SynthesisPool:
     def __getstate__(self) -> dict[str, Any]:
         # workers only read: the source, the filter and the threading machinery stay in the main process
         state = dict(self.__dict__)
-        for name in ("_lock", "_executor", "_future", "_generator", "_order_generator"):
+        for name in ("_lock", "_generation_lock", "_executor", "_future", "_generator", "_order_generator"):
             state.pop(name, None)
         state["source"] = None
         state["quality_filter"] = None
@@ -590,9 +596,10 @@ class SynthesisPool:
 
     def _update(self, num: int, order: RefillOrder | str | None) -> PoolUpdate:
         order = self.refill_order if order is None else RefillOrder(order)
-        data, update = self._generate(num)
-        if update.accepted:
-            self._commit(data, update, order)
+        with self._generation_lock:
+            data, update = self._generate(num)
+            if update.accepted:
+                self._commit(data, update, order)
         logger.info(
             "SynthesisPool: wrote %d/%d triplets into slots (generated %d, rejected %s) in %.2fs; pool %d/%d.",
             update.accepted,
@@ -758,6 +765,139 @@ class SynthesisPool:
             pool._stats[name] = state["stats"][name]
         pool._stats["rejected"].update(state["stats"]["rejected"])
         pool._stats["failures"].update(state["stats"]["failures"])
+        return pool
+
+    # ------------------------------------------------------------------ NIfTI (the generate module's layout)
+    def export_nifti(self, output_dir: str | os.PathLike, prefix: str = "POOL") -> Path:
+        """Write every triplet as NIfTI in the layout of :mod:`monai_pairsynth.generate`, in physical units.
+
+        One folder per triplet (``<prefix>-0000/<prefix>-0000__CT.nii.gz``, ``..__PT.nii.gz``, the mask
+        ``<prefix>-0000.nii.gz`` as uint8) and a ``datalist.json`` (paths relative to the folder, the modality
+        specs and the spacing) that MONAI's ``load_decathlon_datalist`` and :meth:`from_nifti` read. Written into
+        a temporary folder renamed into place at the end; an existing ``output_dir`` is an error.
+        """
+        import json
+
+        import nibabel as nib
+        import numpy as np
+
+        from monai_pairsynth.generate import modality_file_names
+
+        output_dir = Path(output_dir)
+        if output_dir.exists():
+            raise FileExistsError(f"{os.fspath(output_dir)!r} already exists; export into a new folder.")
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+        try:
+            entries = []
+            affine = self.affine.numpy()
+            for i in range(len(self)):
+                case_id = f"{prefix}-{i:04d}"
+                names = modality_file_names(case_id, self.specs)
+                (tmp / case_id).mkdir()
+                triplet = self.get(i, units=PoolStorage.PHYSICAL)
+                for k in self.keys:
+                    arr = triplet[k].as_tensor()[0].numpy()
+                    arr = arr.astype(np.uint8) if self.specs[k].is_mask else arr.astype(np.float32)
+                    img = nib.Nifti1Image(arr, affine)
+                    img.header.set_xyzt_units("mm")
+                    img.set_qform(affine, code=1)
+                    img.set_sform(affine, code=1)
+                    nib.save(img, str(tmp / case_id / names[k]))
+                entries.append(
+                    {**{k: f"{case_id}/{names[k]}" for k in self.keys}, "case_id": case_id, "synthetic": True}
+                )
+            datalist = {
+                "description": "synthetic triplets exported from a monai_pairsynth SynthesisPool",
+                "modalities": {k: s.to_dict() for k, s in self.specs.items()},
+                "generation": {"source": "SynthesisPool", "spatial_size": list(self.spatial_shape),
+                               "spacing": list(self.spacing)},
+                "numTraining": len(entries),
+                "training": entries,
+            }  # fmt: skip
+            (tmp / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, output_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return output_dir
+
+    @classmethod
+    def from_nifti(
+        cls,
+        path: str | os.PathLike,
+        capacity: int | None = None,
+        source: Callable[[int, torch.Generator], Mapping[str, torch.Tensor]] | None = None,
+        quality_filter: Any | None = None,
+        **kwargs: Any,
+    ) -> SynthesisPool:
+        """A pool holding the triplets of a folder written by :mod:`monai_pairsynth.generate` or :meth:`export_nifti`.
+
+        Args:
+            path: the folder, or its ``datalist.json``.
+            capacity: pool capacity (>= the number of triplets); default the number of triplets.
+            source, quality_filter, kwargs: as in the constructor, for later refills.
+        """
+        import json
+
+        import nibabel as nib
+
+        path = Path(path)
+        datalist_path = path / "datalist.json" if path.is_dir() else path
+        if not datalist_path.is_file():
+            raise FileNotFoundError(f"no datalist.json at {os.fspath(datalist_path)!r}.")
+        try:
+            datalist = json.loads(datalist_path.read_text(encoding="utf-8"))
+            entries = list(datalist["training"])
+            specs = datalist["modalities"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{os.fspath(datalist_path)!r} is not a generated-triplet datalist (needs 'training' and 'modalities'): {err}"
+            ) from err
+        if not entries:
+            raise ValueError(f"{os.fspath(datalist_path)!r} lists no triplets.")
+        keys = tuple(specs)
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+        affine = None
+        for entry in entries:
+            for k in keys:
+                file = datalist_path.parent / entry[k]
+                if not file.is_file():
+                    raise FileNotFoundError(
+                        f"{os.fspath(datalist_path)!r} lists {os.fspath(file)!r}, which does not exist."
+                    )
+                img = nib.load(str(file))
+                rows[k].append(torch.as_tensor(img.get_fdata(dtype="float32"))[None])
+                affine = img.affine if affine is None else affine
+        shapes = {tuple(r.shape) for v in rows.values() for r in v}
+        if len(shapes) != 1:
+            raise ValueError(
+                f"the triplets of {os.fspath(datalist_path)!r} have different shapes {sorted(shapes)}."
+            )
+        spatial_shape = tuple(next(iter(shapes))[1:])
+        spacing = (datalist.get("generation") or {}).get("spacing")
+        if spacing is None:
+            spacing = [float(abs(affine[:, i][:3]).max()) for i in range(len(spatial_shape))]
+        n = len(entries)
+        pool = cls(
+            n if capacity is None else capacity,
+            keys=keys,
+            spatial_shape=spatial_shape,
+            source=source,
+            quality_filter=quality_filter,
+            specs=specs,
+            spacing=tuple(float(s) for s in spacing),
+            **kwargs,
+        )
+        if pool.capacity < n:
+            raise ValueError(
+                f"capacity {pool.capacity} is smaller than the {n} triplets in {os.fspath(datalist_path)!r}."
+            )
+        data = {k: torch.stack(v) for k, v in rows.items()}
+        data = {k: (v > 0.5).float() if pool.specs[k].is_mask else v for k, v in data.items()}
+        if pool.storage == PoolStorage.NORMALIZED:
+            data = {k: pool.specs[k].normalize(v) for k, v in data.items()}
+        pool._commit(data, PoolUpdate(requested=n, accepted=n), RefillOrder.OLDEST)
         return pool
 
     def __repr__(self) -> str:

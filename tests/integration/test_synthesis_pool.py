@@ -381,3 +381,67 @@ def test_pickled_pool_is_a_read_only_copy_without_source():
     assert torch.equal(clone[1]["pet"].as_tensor(), pool[1]["pet"].as_tensor())
     with pytest.raises(RuntimeError, match="no source"):
         clone.fill()
+
+
+def test_concurrent_refills_generate_one_at_a_time():
+    import time
+
+    active, peak = [0], [0]
+    guard = threading.Lock()
+    counting = CountingSource()
+
+    def source(num, generator):
+        with guard:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with guard:
+            active[0] -= 1
+        return counting(num, generator)
+
+    pool = SynthesisPool(4, spatial_shape=SHAPE, source=source)
+    future = pool.refill_async(0.5)
+    update = pool.refill(0.5)
+    background = future.result(timeout=30)
+    pool.shutdown()
+    assert peak[0] == 1
+    assert sorted(update.slots + background.slots) == [0, 1, 2, 3] and len(pool) == 4
+
+
+def test_nifti_export_and_import_roundtrip(tmp_path):
+    import json
+
+    pool = SynthesisPool(3, spatial_shape=SHAPE, source=RandomSource(), spacing=(2.0, 2.5), seed=2)
+    pool.fill()
+    out = pool.export_nifti(tmp_path / "pool_nifti")
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert [e["label"] for e in datalist["training"]] == [f"POOL-000{i}/POOL-000{i}.nii.gz" for i in range(3)]
+    assert sorted(p.name for p in (out / "POOL-0001").iterdir()) == [
+        "POOL-0001.nii.gz", "POOL-0001__CT.nii.gz", "POOL-0001__PT.nii.gz"]  # fmt: skip
+    loaded = SynthesisPool.from_nifti(out, capacity=5)
+    assert (len(loaded), loaded.capacity, loaded.spacing, loaded.keys) == (3, 5, (2.0, 2.5), KEYS)
+    for i in range(3):
+        for k in KEYS:
+            assert torch.allclose(loaded[i][k].as_tensor(), pool[i][k].as_tensor())
+    with pytest.raises(FileExistsError, match="already exists"):
+        pool.export_nifti(out)
+    with pytest.raises(FileNotFoundError, match="datalist"):
+        SynthesisPool.from_nifti(tmp_path)
+    (out / "POOL-0002" / "POOL-0002__PT.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"POOL-0002__PT\.nii\.gz"):
+        SynthesisPool.from_nifti(out / "datalist.json")
+
+
+def test_pool_from_the_generate_module_output(tmp_path):
+    from monai_pairsynth.engines import save_paired_checkpoint
+    from monai_pairsynth.generate import generate
+    from monai_pairsynth.networks import PairedDiffusionModel
+
+    model = PairedDiffusionModel(KEYS, channels=(4, 8), attention_levels=(False, False), norm_num_groups=4)
+    checkpoint = save_paired_checkpoint(tmp_path / "diffusion.pt", model, spatial_size=(8, 8), spacing=3.0)
+    out = generate(checkpoint, tmp_path / "generated", num_samples=2, num_inference_steps=2, progress=False,
+                   preview_cases=0)  # fmt: skip
+    pool = SynthesisPool.from_nifti(out)
+    assert (len(pool), pool.spatial_shape, pool.spacing) == (2, (8, 8), (3.0, 3.0))
+    assert set(pool[1]["label"].unique().tolist()) <= {0.0, 1.0}
+    assert 0.0 <= float(pool[0]["pet"].min()) and float(pool[0]["pet"].max()) <= 15.0
