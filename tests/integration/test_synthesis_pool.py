@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 
@@ -361,7 +362,15 @@ def test_persistent_workers_see_main_process_refills_through_shared_memory():
     assert torch.all(first == 1.0) and torch.all(second == 2.0)
 
 
-def test_pool_is_read_only_in_worker_processes():
+@pytest.fixture
+def fast_worker_shutdown(monkeypatch):
+    """torch waits MP_STATUS_CHECK_INTERVAL (5 s) to shut down a worker that raised; make that quick in tests."""
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.2)
+    yield
+    gc.collect()  # shut the failed iterator's workers down while the short interval is in force
+
+
+def test_pool_is_read_only_in_worker_processes(fast_worker_shutdown):
     pool = SynthesisPool(2, spatial_shape=(4, 4), source=CountingSource(shape=(4, 4)))
     pool.fill()
     loader = DataLoader(_PoolView(pool, fill_in_worker=True), batch_size=2, num_workers=1)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import math
 
@@ -312,7 +313,15 @@ class _Samples(torch.utils.data.Dataset):
         return self.transform(real_sample("tensor", extra=False))
 
 
-def test_seeded_mode_with_cuda_source_in_a_worker_says_what_to_do():
+@pytest.fixture
+def fast_worker_shutdown(monkeypatch):
+    """torch waits MP_STATUS_CHECK_INTERVAL (5 s) to shut down a worker that raised; make that quick in tests."""
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.2)
+    yield
+    gc.collect()  # shut the failed iterator's workers down while the short interval is in force
+
+
+def test_seeded_mode_with_cuda_source_in_a_worker_says_what_to_do(fast_worker_shutdown):
     source = FakeSeededSource(device="cuda")  # never touched: the check comes first
     t = SynthesizePairedd(KEYS, None, prob=1.0, mode="seeded", source=source)
     loader = torch.utils.data.DataLoader(_Samples(t), batch_size=2, num_workers=1)
