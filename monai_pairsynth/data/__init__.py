@@ -1,4 +1,4 @@
-"""Data: the phantom benchmark, HECKTOR / datalist loading, preprocessing transforms."""
+"""Data: the phantom benchmark, HECKTOR / datalist loading, preprocessing, the synthesis pool and mixing."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .hecktor import (
     split_by_patient,
     write_phantom_hecktor,
 )
+from .mixed_dataset import MixedDataset
 from .phantom import PhantomDataset, PhantomTissue, make_phantom_case, phantom_affine
 from .preprocessing import (
     CentreOfMassCrop,
@@ -25,6 +26,16 @@ from .preprocessing import (
     preprocess_datalist,
     preprocessing_transforms,
 )
+from .synthesis_pool import (
+    DiffusionPoolSource,
+    EmptyPoolError,
+    PhantomPoolSource,
+    PoolGenerationError,
+    PoolStorage,
+    PoolUpdate,
+    RefillOrder,
+    SynthesisPool,
+)
 
 __all__ = [
     "HECKTOR_CENTRES",
@@ -34,11 +45,20 @@ __all__ = [
     "DatasetError",
     "DatasetErrorCompose",
     "DenormalizeModalitiesd",
+    "DiffusionPoolSource",
+    "EmptyPoolError",
     "ExtractTumourSlicesd",
     "LoadCaseImaged",
+    "MixedDataset",
     "NormalizeModalitiesd",
     "PhantomDataset",
+    "PhantomPoolSource",
     "PhantomTissue",
+    "PoolGenerationError",
+    "PoolStorage",
+    "PoolUpdate",
+    "RefillOrder",
+    "SynthesisPool",
     "augmentation_transforms",
     "hecktor_datalist",
     "load_datalist_json",
