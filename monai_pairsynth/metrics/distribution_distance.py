@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from monai.metrics import FIDMetric
+from scipy.linalg import LinAlgWarning
 
 from ._inputs import check_feature_pair
 
@@ -25,8 +26,9 @@ def feature_fid(real_features: Any, synthetic_features: Any) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (FID on our own features).
 
     ``||mu_r - mu_s||^2 + Tr(S_r + S_s - 2 (S_r S_s)^(1/2))`` (Heusel et al. 2017), computed by MONAI's
-    :class:`~monai.metrics.FIDMetric` in float64. Tiny negative values from the matrix square root of
-    rank-deficient covariances (fewer samples than features) are returned as 0.
+    :class:`~monai.metrics.FIDMetric` in float64. With fewer samples than features the covariances are
+    rank-deficient; the value is still defined but noisier (and biased upwards), and tiny negative values from
+    the matrix square root are returned as 0.
 
     Args:
         real_features: ``(N, F)`` features of real samples, ``N >= 2``.
@@ -50,6 +52,9 @@ def feature_fid(real_features: Any, synthetic_features: Any) -> float:
         warnings.filterwarnings(
             "ignore", message=".*`disp` argument is deprecated.*", category=DeprecationWarning
         )
+        # with fewer samples than features the covariances are rank-deficient and S_r S_s is singular; its
+        # square root is still defined (see above), so SciPy's warning says nothing new here
+        warnings.filterwarnings("ignore", category=LinAlgWarning)
         if x.shape[1] == 1:
             # MONAI squeezes a 1x1 covariance to a scalar (and SciPy's sqrtm mishandles 1x1): the same formula
             # in closed form, (mu_r - mu_s)^2 + var_r + var_s - 2 sqrt(var_r var_s)

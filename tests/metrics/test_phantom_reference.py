@@ -1,0 +1,44 @@
+"""The phantom reference table: each defective 'generator' is caught by the metric meant to catch it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_pairsynth.metrics.phantom_reference import PHANTOM_VARIANTS, _markdown, phantom_reference_table
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_each_defect_moves_its_metric():
+    rows = {
+        r["name"]: r
+        for r in phantom_reference_table(
+            num_real=12, num_synthetic=12, size=32, feature_epochs=1, feature_channels=(4, 8), max_pairs=30
+        )
+    }
+    assert list(rows) == list(PHANTOM_VARIANTS)
+    perfect = rows["independent phantoms (perfect generator)"]
+    assert rows["near-copies of real training cases"]["flagged_fraction"] == 1.0
+    assert rows["near-copies of real training cases"]["median_ratio"] < 0.1
+    assert perfect["median_ratio"] > 0.7
+    assert rows["one case repeated (mode collapse)"]["ms_ssim_ct"] > 0.99 > perfect["ms_ssim_ct"]
+    assert rows["masks swapped between cases"]["lesion_dice"] < perfect["lesion_dice"] - 0.3
+    assert rows["CT flipped anterior-posterior"]["body_dice"] < perfect["body_dice"] - 0.05
+    assert rows["CT +150 HU, PET x1.5"]["mmd"] > perfect["mmd"]
+    table = _markdown(list(rows.values()))
+    assert table.count("\n") == len(rows) + 2 and "perfect generator" in table
+
+
+def test_unknown_variant_and_sizes_raise():
+    with pytest.raises(ValueError, match="unknown variants"):
+        phantom_reference_table(variants=["no such defect"])
+    with pytest.raises(ValueError, match="num_real >= 4"):
+        phantom_reference_table(num_real=2)
