@@ -249,6 +249,9 @@ class PairedDiffusionInferer(Inferer):
                 num_train_timesteps=self.num_train_timesteps,
                 schedule=self.schedule,
                 prediction_type=self.prediction_type,
+                # the data live in [-1, 1] by construction (ModalitySpec.normalize): clipping the x0
+                # estimate keeps a multistep solver from extrapolating an early, poor estimate off the range
+                clip_sample=True,
                 **self.schedule_args,
             )
         if not isinstance(scheduler, Scheduler):
