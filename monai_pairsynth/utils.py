@@ -14,6 +14,12 @@ import torch
 __all__ = ["atomic_save_torch", "atomic_write", "atomic_write_json", "atomic_write_text"]
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then atomically rename the temporary file onto ``path``.
 
@@ -26,6 +32,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600; give the file the permissions an ordinary open() would (0666 minus umask)
+        os.chmod(tmp, 0o666 & ~_current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
