@@ -5,10 +5,83 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
 __all__ = ["ConditionalEncoder"]
+
+_CONV = {2: F.conv2d, 3: F.conv3d}
+
+
+def _joined(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The per-encoder parameters one after the other along dim 0: the weights of a grouped operation."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors), dim=0)
+
+
+def _grouped_conv(h: torch.Tensor, convs: Sequence[nn.Module], spatial_dims: int) -> torch.Tensor:
+    """``convs[k]`` applied to channel group ``k`` of ``h``, as one grouped convolution."""
+    first = convs[0]
+    bias = None if first.bias is None else _joined([c.bias for c in convs])
+    return _CONV[spatial_dims](
+        h,
+        _joined([c.weight for c in convs]),
+        bias,
+        stride=first.stride,
+        padding=first.padding,
+        dilation=first.dilation,
+        groups=len(convs) * first.groups,
+    )
+
+
+def _grouped_norm_act(h: torch.Tensor, norms: Sequence[nn.GroupNorm]) -> torch.Tensor:
+    """``SiLU(norms[k](group k of h))`` for every ``k``, as one group norm (the groups stay per encoder)."""
+    first = norms[0]
+    normed = F.group_norm(
+        h,
+        first.num_groups * len(norms),
+        _joined([n.weight for n in norms]),
+        _joined([n.bias for n in norms]),
+        first.eps,
+    )
+    # the normalised tensor is a fresh temporary: overwrite it unless autograd needs it for SiLU's backward
+    return F.silu(normed, inplace=not torch.is_grad_enabled())
+
+
+def _encode_stacked(encoders: Sequence[ConditionalEncoder], x: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``K`` encoders of one architecture on channel-stacked inputs.
+
+    Args:
+        encoders: ``K`` encoders with the same architecture (checked by the caller).
+        x: ``(B, K * in_channels, *spatial)``, encoder ``k``'s input in channels
+            ``[k * in_channels, (k + 1) * in_channels)``.
+
+    Returns:
+        one tensor per level, ``(B, K * channels[l], *spatial_l)``, encoder ``k``'s features in channel
+        block ``k`` (the layout of ``torch.cat(features_of_every_encoder, dim=1)``).
+    """
+    first = encoders[0]
+    dims = first.spatial_dims
+    h = _grouped_conv(x, [e.conv_in.conv for e in encoders], dims)
+    features = []
+    for level in range(len(first.levels)):
+        for index in range(len(first.levels[level])):
+            units: list[ResidualUnit] = [e.levels[level][index] for e in encoders]
+            # MONAI ResidualUnit: conv -> group norm -> SWISH (= SiLU) per subunit, plus the residual branch
+            y = h
+            for name, _ in units[0].conv.named_children():
+                subunits = [getattr(u.conv, name) for u in units]
+                y = _grouped_conv(y, [s.conv for s in subunits], dims)
+                y = _grouped_norm_act(y, [s.adn.N for s in subunits])
+            residual = (
+                h
+                if isinstance(units[0].residual, nn.Identity)
+                else _grouped_conv(h, [u.residual for u in units], dims)
+            )
+            # y is a fresh temporary that nothing saved for backward (SiLU keeps its input): add in place
+            h = y.add_(residual)
+        features.append(h)
+    return features
 
 
 class ConditionalEncoder(nn.Module):
@@ -19,7 +92,12 @@ class ConditionalEncoder(nn.Module):
     (after a projection) to the UNet's down-block residuals. Level 0 is a 3x3 input convolution followed by
     ``num_res_blocks`` MONAI ``ResidualUnit`` s; every further level starts with a stride-2 ``ResidualUnit``
     (the same output size as the UNet's stride-2, padding-1 downsampling convolution) followed by
-    ``num_res_blocks - 1`` more. Normalisation is group norm, activation SiLU.
+    ``num_res_blocks - 1`` more. Normalisation is group norm, activation SiLU (MONAI ``SWISH``).
+
+    The parameters live in the MONAI blocks (``conv_in``, ``levels``); ``forward`` evaluates them with
+    functional calls (one fused SiLU instead of ``Swish``'s three operations), and
+    :meth:`encode_jointly` runs several encoders of one architecture at once as grouped convolutions.
+    Both give the module-by-module result to float rounding.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
@@ -57,7 +135,10 @@ class ConditionalEncoder(nn.Module):
                 f"every entry of channels {channels} must be divisible by norm_num_groups={norm_num_groups}."
             )
         self.spatial_dims = spatial_dims
+        self.in_channels = int(in_channels)
         self.channels = channels
+        self.num_res_blocks = int(num_res_blocks)
+        self.norm_num_groups = int(norm_num_groups)
 
         def unit(c_in: int, c_out: int, strides: int) -> ResidualUnit:
             return ResidualUnit(
@@ -87,6 +168,19 @@ class ConditionalEncoder(nn.Module):
             blocks += [unit(c_out, c_out, 1) for _ in range(num_res_blocks - 1)]
             self.levels.append(nn.Sequential(*blocks))
 
+    @property
+    def architecture(self) -> tuple:
+        """What must be equal for encoders to run jointly: ``(spatial_dims, in_channels, channels,
+        num_res_blocks, norm_num_groups)``."""
+        return (self.spatial_dims, self.in_channels, self.channels, self.num_res_blocks, self.norm_num_groups)
+
+    def _check_input(self, x: torch.Tensor, what: str) -> None:
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
+            layout = "H, W" if self.spatial_dims == 2 else "H, W, D"
+            raise ValueError(
+                f"{what} must have shape (B, {self.in_channels}, {layout}), got {tuple(x.shape)}."
+            )
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encode ``x``.
 
@@ -97,9 +191,52 @@ class ConditionalEncoder(nn.Module):
         Returns:
             one feature map per level, level ``i`` of shape ``(B, channels[i], H / 2**i, W / 2**i[, D / 2**i])``.
         """
-        features = []
-        h = self.conv_in(x)
-        for level in self.levels:
-            h = level(h)
-            features.append(h)
-        return features
+        self._check_input(x, "the input")
+        return _encode_stacked([self], x)
+
+    @staticmethod
+    def encode_jointly(
+        encoders: Sequence[ConditionalEncoder], inputs: Sequence[torch.Tensor]
+    ) -> list[list[torch.Tensor]]:
+        """Run several encoders of one architecture, each on its own input, in one pass.
+
+        Every convolution and group norm of the ``K`` encoders runs as one grouped operation (encoder ``k``
+        is group ``k``, with its own weights), which costs far fewer operator calls than ``K`` separate
+        passes. The result equals ``[enc(x) for enc, x in zip(encoders, inputs)]`` to float rounding, and
+        gradients flow to every encoder's own parameters.
+
+        Args:
+            encoders: one or more encoders with equal :attr:`architecture`.
+            inputs: one image ``(B, in_channels, H, W[, D])`` per encoder, all of one shape.
+
+        Returns:
+            per encoder, its list of per-level feature maps (as ``forward`` returns them).
+
+        Example:
+            >>> import torch
+            >>> encs = [ConditionalEncoder(2, 1, (4, 8), norm_num_groups=4) for _ in range(3)]
+            >>> xs = [torch.randn(2, 1, 8, 8) for _ in range(3)]
+            >>> joint = ConditionalEncoder.encode_jointly(encs, xs)
+            >>> all(torch.allclose(j, s, atol=1e-5) for e, x, js in zip(encs, xs, joint) for j, s in zip(js, e(x)))
+            True
+        """
+        encoders, inputs = list(encoders), list(inputs)
+        if not encoders or len(encoders) != len(inputs):
+            raise ValueError(
+                f"need one input per encoder and at least one encoder, got {len(encoders)} encoders and "
+                f"{len(inputs)} inputs."
+            )
+        architectures = {e.architecture for e in encoders}
+        if len(architectures) != 1:
+            raise ValueError(
+                "encode_jointly needs encoders of one architecture (spatial_dims, in_channels, channels, "
+                f"num_res_blocks, norm_num_groups), got {sorted(architectures, key=str)}."
+            )
+        shapes = {tuple(x.shape) for x in inputs}
+        if len(shapes) != 1:
+            raise ValueError(f"all inputs must have one shape, got {sorted(shapes)}.")
+        encoders[0]._check_input(inputs[0], "every input")
+        stacked = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+        per_level = _encode_stacked(encoders, stacked)
+        chunks = [level.chunk(len(encoders), dim=1) for level in per_level]
+        return [[chunk[k] for chunk in chunks] for k in range(len(encoders))]

@@ -99,26 +99,42 @@ class CrossEncoderAttention(nn.Module):
         shapes = {tuple(f.shape) for f in features}
         if len(shapes) != 1:
             raise ValueError(f"all encoder features must have one shape, got {sorted(shapes)}.")
-        batch, channels, *spatial = features[0].shape
-        if channels != self.channels:
+        if features[0].shape[1] != self.channels:
             raise ValueError(
                 f"features must have {self.channels} channels, got shape {tuple(features[0].shape)}."
             )
-        stacked = torch.cat(list(features), dim=0)  # (K * B, C, *spatial), encoder-major
+        stacked = features[0] if self.num_encoders == 1 else torch.cat(list(features), dim=1)
+        return list(self.attend_stacked(stacked).chunk(self.num_encoders, dim=1))
+
+    def attend_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on the encoders' features stacked along the channels (no split, no concatenation).
+
+        Args:
+            stacked: ``(B, K * C, H, W[, D])``, encoder ``k``'s features in channels ``[k * C, (k + 1) * C)``
+                (the layout of ``torch.cat(features, dim=1)``).
+
+        Returns:
+            the updated features in the same layout.
+        """
+        if stacked.ndim < 3 or stacked.shape[1] != self.num_encoders * self.channels:
+            raise ValueError(
+                f"stacked features must have shape (B, {self.num_encoders} * {self.channels}, *spatial), got "
+                f"{tuple(stacked.shape)}."
+            )
+        batch, _, *spatial = stacked.shape
+        channels = self.channels
         pooled_size = self.pooled_size(spatial)
         pooled = stacked
         if pooled_size != tuple(spatial):
             pool = (F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)[len(spatial) - 2]
             pooled = pool(stacked, pooled_size)
-        # (K * B, C, *pooled) -> (B, K, N, C): tokens of encoder k occupy [k * N, (k + 1) * N)
-        tokens = (
-            pooled.flatten(2).transpose(1, 2).reshape(self.num_encoders, batch, -1, channels).transpose(0, 1)
-        )
+        # (B, K * C, *pooled) -> (B, K, N, C): tokens of encoder k occupy [k * N, (k + 1) * N)
+        tokens = pooled.reshape(batch, self.num_encoders, channels, -1).transpose(2, 3)
         # the encoder embedding only tells the attention which encoder a token came from
         tagged = tokens + self.encoder_embedding.to(tokens.dtype)[None, :, None, :]
         update = self.attn(self.norm(tagged.flatten(1, 2)))  # (B, K * N, C)
-        update = update.reshape(batch, self.num_encoders, -1, channels).transpose(0, 1)  # (K, B, N, C)
-        update = update.transpose(2, 3).reshape(self.num_encoders * batch, channels, *pooled_size)
+        update = update.reshape(batch, self.num_encoders, -1, channels).transpose(2, 3)  # (B, K, C, N)
+        update = update.reshape(batch, self.num_encoders * channels, *pooled_size)
         if pooled_size != tuple(spatial):
             update = F.interpolate(update, size=tuple(spatial), mode="nearest")
-        return list((stacked + update).chunk(self.num_encoders, dim=0))
+        return stacked + update

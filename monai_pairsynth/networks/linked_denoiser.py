@@ -6,16 +6,17 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from monai.utils import ensure_tuple_rep
 from torch import nn
 
-from monai_pairsynth.networks.conditional_encoder import ConditionalEncoder
+from monai_pairsynth.networks.conditional_encoder import ConditionalEncoder, _encode_stacked
 from monai_pairsynth.networks.cross_encoder_attention import CrossEncoderAttention
 from monai_pairsynth.networks.timestep_cbam import TimestepCBAM
-from monai_pairsynth.networks.timestep_lowpass_filter import TimestepLowPassFilter
+from monai_pairsynth.networks.timestep_lowpass_filter import TimestepLowPassFilter, _filter_stacked
 
 __all__ = ["LinkedDenoiser", "default_cond_channels", "unet_residual_levels"]
 
@@ -279,24 +280,56 @@ class LinkedDenoiser(nn.Module):
                 f"conditions must have exactly the keys {list(self.condition_names)}; missing {missing}, "
                 f"unexpected {extra}."
             )
+        shapes = {n: tuple(conditions[n].shape) for n in self.condition_names}
+        first_shape = shapes[self.condition_names[0]]
+        if (
+            len(set(shapes.values())) != 1
+            or len(first_shape) != self.spatial_dims + 2
+            or first_shape[1] != self.cond_in_channels
+        ):
+            layout = "H, W" if self.spatial_dims == 2 else "H, W, D"
+            raise ValueError(
+                f"every condition must have one shape (B, {self.cond_in_channels}, {layout}), got {shapes}."
+            )
         first = conditions[self.condition_names[0]]
         t_emb = get_timestep_embedding(timesteps, self.cond_channels[0]).to(first.dtype)
         temb = self.cond_time_embed(t_emb)
         if temb.shape[0] != first.shape[0]:
             temb = temb.expand(first.shape[0], -1)
-        encoded = [
-            self.cond_encoders[n](self.cond_filters[n](conditions[n], temb)) for n in self.condition_names
-        ]
+        # The K conditions travel stacked along the channels, (B, K * C, ...), condition k in block k: the
+        # filters share one FFT pair, the encoders run as grouped convolutions (each with its own weights),
+        # and the per-level stacks are already the concatenation the fusion convolutions take.
+        stacked = torch.cat([conditions[n] for n in self.condition_names], dim=1)
+        filtered = _filter_stacked([self.cond_filters[n] for n in self.condition_names], stacked, temb)
+        encoded = _encode_stacked([self.cond_encoders[n] for n in self.condition_names], filtered)
         if self.cond_attention is not None:
-            lowest = self.cond_attention([features[-1] for features in encoded])
-            encoded = [[*features[:-1], low] for features, low in zip(encoded, lowest)]
-        fused = []
-        for level, (conv, cbam) in enumerate(zip(self.cond_fusion_convs, self.cond_fusion_cbams)):
-            fused.append(cbam(conv(torch.cat([features[level] for features in encoded], dim=1)), temb))
-        down = [
-            proj(fused[level]) for proj, level in zip(self.cond_residual_projections, self.residual_levels)
+            encoded[-1] = self.cond_attention.attend_stacked(encoded[-1])
+        fused = [
+            cbam(conv(features), temb)
+            for features, conv, cbam in zip(encoded, self.cond_fusion_convs, self.cond_fusion_cbams)
         ]
-        return down, self.cond_mid_projection(fused[-1])
+        return self._project(fused)
+
+    def _project(self, fused: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The zero-initialised 1x1 projections, those reading one level run as one convolution."""
+        last = len(fused) - 1
+        down: list[torch.Tensor | None] = [None] * len(self.residual_levels)
+        for level, feature in enumerate(fused):
+            indices = [j for j, lv in enumerate(self.residual_levels) if lv == level]
+            convs = [self.cond_residual_projections[j].conv for j in indices]
+            if level == last:
+                convs.append(self.cond_mid_projection.conv)
+            if not convs:
+                continue
+            weight = torch.cat([c.weight for c in convs], dim=0)
+            bias = torch.cat([c.bias for c in convs], dim=0)
+            conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
+            outputs = conv(feature, weight, bias).split([c.out_channels for c in convs], dim=1)
+            for j, out in zip(indices, outputs):
+                down[j] = out
+            if level == last:
+                mid = outputs[-1]
+        return down, mid  # type: ignore[return-value]
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, conditions: Mapping[str, torch.Tensor]

@@ -87,10 +87,13 @@ class TimestepCBAM(nn.Module):
                 f"x must have shape (B, {self.channels}, <{self.spatial_dims} spatial dims>), got {tuple(x.shape)}."
             )
         spatial = tuple(range(2, x.ndim))
-        shift = self.temb_proj(temb).to(x.dtype)
-        avg_desc = x.mean(dim=spatial) + shift
-        max_desc = x.amax(dim=spatial) + shift
-        channel_att = torch.sigmoid(self.channel_mlp(avg_desc) + self.channel_mlp(max_desc))
+        shift = self.temb_proj(temb).to(x.dtype).expand(x.shape[0], -1)
+        # F_avg + e_t and F_max + e_t through the shared MLP in one call: rows [0, B) and [B, 2B)
+        desc = torch.cat([x.mean(dim=spatial), x.amax(dim=spatial)], dim=0) + shift.repeat(2, 1)
+        avg_out, max_out = self.channel_mlp(desc).chunk(2, dim=0)
+        channel_att = torch.sigmoid(avg_out + max_out)
         x = x * channel_att.view(*channel_att.shape, *(1,) * self.spatial_dims)
         pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.spatial_conv(pooled))
+        spatial_att = torch.sigmoid(self.spatial_conv(pooled))
+        # x is this call's own temporary here: without autograd, scale it in place (one allocation less)
+        return x * spatial_att if torch.is_grad_enabled() else x.mul_(spatial_att)

@@ -19,6 +19,7 @@ and lies in [1 - s, 1], so the filter never amplifies and never flips a frequenc
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -121,10 +122,16 @@ class TimestepLowPassFilter(nn.Module):
         """The Fourier mask ``(B, 1, *rfftn_shape)`` for the given spatial size and timestep embedding."""
         cutoff, strength = self.filter_parameters(temb)
         radius = self.radial_frequency(spatial_shape, device=temb.device)
-        view = (-1, 1) + (1,) * len(spatial_shape)
-        cutoff, strength = cutoff.view(view), strength.view(view)
-        gaussian = torch.exp(-0.5 * (radius / cutoff.clamp_min(1e-4)) ** 2)
-        return 1.0 - strength * (1.0 - gaussian)
+        return _gaussian_mask(radius, cutoff[:, None], strength[:, None])
+
+    def _check_inputs(self, x: torch.Tensor, temb: torch.Tensor) -> None:
+        if x.ndim < 3:
+            raise ValueError(f"x must have shape (B, C, *spatial), got shape {tuple(x.shape)}.")
+        if temb.ndim != 2 or temb.shape[1] != self.temb_dim or temb.shape[0] not in (1, x.shape[0]):
+            raise ValueError(
+                f"temb must have shape ({x.shape[0]}, {self.temb_dim}) for x of shape {tuple(x.shape)}, "
+                f"got {tuple(temb.shape)}."
+            )
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         """Low-pass filter ``x``.
@@ -136,15 +143,84 @@ class TimestepLowPassFilter(nn.Module):
         Returns:
             the filtered image, same shape and dtype as ``x``.
         """
-        if x.ndim < 3:
-            raise ValueError(f"x must have shape (B, C, *spatial), got shape {tuple(x.shape)}.")
-        if temb.ndim != 2 or temb.shape[1] != self.temb_dim or temb.shape[0] not in (1, x.shape[0]):
+        self._check_inputs(x, temb)
+        return _filter_stacked([self], x, temb)
+
+    @staticmethod
+    def filter_jointly(
+        filters: Sequence[TimestepLowPassFilter], inputs: Sequence[torch.Tensor], temb: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Apply several filters, each to its own input, with one forward and one inverse FFT.
+
+        The result equals ``[f(x, temb) for f, x in zip(filters, inputs)]`` to float rounding; each filter
+        keeps its own parameters (and gradients).
+
+        Args:
+            filters: one or more filters with the same ``temb_dim``.
+            inputs: one image ``(B, C, *spatial)`` per filter, all of one shape.
+            temb: timestep embedding ``(B, E)`` (or ``(1, E)``) shared by all filters.
+
+        Returns:
+            the filtered images, in the order of ``filters``.
+
+        Example:
+            >>> import torch
+            >>> filters = [TimestepLowPassFilter(temb_dim=8, init_cutoff=c) for c in (0.2, 0.6)]
+            >>> xs = [torch.randn(2, 1, 16, 16) for _ in filters]
+            >>> temb = torch.randn(2, 8)
+            >>> joint = TimestepLowPassFilter.filter_jointly(filters, xs, temb)
+            >>> all(torch.allclose(j, f(x, temb), atol=1e-6) for j, f, x in zip(joint, filters, xs))
+            True
+        """
+        filters, inputs = list(filters), list(inputs)
+        if not filters or len(filters) != len(inputs):
             raise ValueError(
-                f"temb must have shape ({x.shape[0]}, {self.temb_dim}) for x of shape {tuple(x.shape)}, "
-                f"got {tuple(temb.shape)}."
+                f"need one input per filter and at least one filter, got {len(filters)} filters and "
+                f"{len(inputs)} inputs."
             )
-        spatial_shape = tuple(x.shape[2:])
-        dims = tuple(range(2, x.ndim))
-        spectrum = torch.fft.rfftn(x.float(), dim=dims)
-        filtered = torch.fft.irfftn(spectrum * self.mask(spatial_shape, temb), s=spatial_shape, dim=dims)
-        return filtered.to(x.dtype)
+        shapes = {tuple(x.shape) for x in inputs}
+        if len(shapes) != 1:
+            raise ValueError(f"all inputs must have one shape, got {sorted(shapes)}.")
+        if len({f.temb_dim for f in filters}) != 1:
+            raise ValueError(f"all filters must have one temb_dim, got {[f.temb_dim for f in filters]}.")
+        x = inputs[0]
+        filters[0]._check_inputs(x, temb)
+        stacked = x if len(inputs) == 1 else torch.cat(inputs, dim=1)
+        return list(_filter_stacked(filters, stacked, temb).chunk(len(filters), dim=1))
+
+
+def _gaussian_mask(radius: torch.Tensor, cutoff: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """``M(r) = 1 - s (1 - exp(-r^2 / (2 f_c^2)))`` for per-sample, per-filter ``cutoff`` / ``strength``.
+
+    Args:
+        radius: ``rfftn``-layout radial frequency ``(*rfftn_shape)``.
+        cutoff: ``(B, K)``.
+        strength: ``(B, K)``.
+
+    Returns:
+        ``(B, K, *rfftn_shape)``.
+    """
+    view = (*cutoff.shape, *(1,) * radius.ndim)
+    cutoff, strength = cutoff.reshape(view), strength.reshape(view)
+    gaussian = torch.exp(-0.5 * (radius / cutoff.clamp_min(1e-4)) ** 2)
+    return 1.0 - strength * (1.0 - gaussian)
+
+
+def _filter_stacked(
+    filters: Sequence[TimestepLowPassFilter], x: torch.Tensor, temb: torch.Tensor
+) -> torch.Tensor:
+    """Filter ``k`` applied to channel block ``k`` of ``x`` ``(B, K * C, *spatial)``; one rfftn / irfftn."""
+    num = len(filters)
+    batch, channels, *spatial = x.shape
+    spatial_shape = tuple(spatial)
+    # (B, K, C, *spatial): the FFT runs over the trailing spatial axes of all K blocks at once
+    blocks = x.float().reshape(batch, num, channels // num, *spatial_shape)
+    dims = tuple(range(3, blocks.ndim))
+    spectrum = torch.fft.rfftn(blocks, dim=dims)
+    parameters = [f.filter_parameters(temb) for f in filters]
+    cutoff = torch.stack([c for c, _ in parameters], dim=1)  # (B or 1, K)
+    strength = torch.stack([s for _, s in parameters], dim=1)
+    radius = TimestepLowPassFilter.radial_frequency(spatial_shape, device=x.device)
+    mask = _gaussian_mask(radius, cutoff, strength).unsqueeze(2)  # (B, K, 1, *rfftn_shape)
+    filtered = torch.fft.irfftn(spectrum * mask, s=spatial_shape, dim=dims)
+    return filtered.reshape(x.shape).to(x.dtype)
