@@ -253,8 +253,8 @@ def print_step_table(step: dict[str, object], label: str, repeats: int, inner: i
     cpu, wall = step["cpu"], step["wall"]
     q1, median, q3 = step["ratio"]
 
-    def row(name: str, key: str) -> str:
-        return f"| {name} | {1e3 * wall[key]:.0f} | {1e3 * cpu[key]:.0f} |"
+    def row(name: str, key: str, digits: int = 0) -> str:
+        return f"| {name} | {1e3 * wall[key]:.{digits}f} | {1e3 * cpu[key]:.{digits}f} |"
 
     print(f"| one sampling step, {label} | median wall time (ms) | median CPU time (ms) |")
     print("|---|---|---|")
@@ -270,7 +270,7 @@ def print_step_table(step: dict[str, object], label: str, repeats: int, inner: i
         print(row("breakdown: the conditional pathways (all denoisers)", "cond"))
         for key in cpu:
             if key.startswith("part:"):
-                print(row(f"&nbsp;&nbsp;of which: {key[5:]} (all denoisers)", key))
+                print(row(f"&nbsp;&nbsp;of which: {key[5:]} (all denoisers)", key, digits=1))
     print(f"\n({repeats} interleaved repeats of {inner} steps each, batch {batch}.)\n")
 
 
