@@ -955,7 +955,8 @@ def save_generation_outputs(
     Files in ``output_dir``: ``pool.pt`` (:meth:`SynthesisPool.save`), ``quality_filter.pt`` and
     ``feature_segmenter.pt`` (the filter and its network; load with ``FeatureCentroidFilter.load(path,
     load_feature_segmenter(...))``), ``preview.png`` (the first ``preview_cases`` triplets), ``counts.json``
-    (requested/accepted/rejected by reason, generation time, settings) and, with ``export_nifti``, ``nifti/``
+    (accepted/generated/rejected by reason; generation time, summed over ranks under ``torch.distributed``;
+    settings) and, with ``export_nifti``, ``nifti/``
     (:func:`export_pool_nifti`).
 
     Returns:
@@ -975,6 +976,7 @@ def save_generation_outputs(
         "surplus": int(stats["surplus"]),
         "failures": {str(k): int(v) for k, v in stats["failures"].items()},
         "generation_seconds": float(stats["generation_seconds"]),
+        "ranks": _world()[1],
         "spatial_size": list(pool.spatial_shape),
         "spacing": list(pool.spacing),
         "settings": dict(settings or {}),
