@@ -149,3 +149,35 @@ def test_cond_channels_none_keeps_meaning_half_width(config, cond_channels):
     assert model.get_config()["cond_channels"] is None
     for name in model.modalities:
         assert model.denoiser(name).cond_channels == cond_channels
+
+
+# the get_config() of a model built with the default arguments, as written into checkpoints at commit ef36dac
+DEFAULT_CONFIG = {
+    "modalities": ["ct", "pet", "label"],
+    "spatial_dims": 2,
+    "in_channels": 1,
+    "channels": [32, 64, 64],
+    "attention_levels": [False, False, True],
+    "num_res_blocks": 1,
+    "norm_num_groups": 8,
+    "num_head_channels": 8,
+    "cond_channels": None,
+    "encoder_attention": True,
+    "filter_init_cutoff": 0.4,
+    "filter_init_strength": 0.8,
+    "use_flash_attention": True,
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_get_config_of_existing_configurations_is_unchanged(name):
+    config = PairedDiffusionModel(**CONFIGS[name]).get_config()
+    # exactly the keys checkpoints carried before: engines.check_model_config compares key by key
+    assert list(config) == list(DEFAULT_CONFIG)
+    expected = {
+        **DEFAULT_CONFIG,
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in CONFIGS[name].items()},
+    }
+    assert config == expected
+    # a checkpoint's config rebuilds a model whose config is that same dict
+    assert PairedDiffusionModel(**expected).get_config() == expected
