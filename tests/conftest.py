@@ -7,6 +7,10 @@ import torch
 # oversubscribing a small shared CI machine (two threads per process on two busy cores is many times slower).
 torch.set_num_threads(1)
 
+# --doctest-modules would import every conftest.py as a module named "conftest"; with several of them (one per
+# test folder) the second import clashes with the first. They hold fixtures, not doctests: don't collect them.
+collect_ignore_glob = ["conftest.py", "*/conftest.py"]
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
