@@ -57,7 +57,6 @@ def main() -> None:
     parser.add_argument(
         "--cond-channels", type=int, nargs="+", default=None, help="conditional-encoder channels per level"
     )
-    parser.add_argument("--cond-norm-num-groups", type=int, default=None, help="conditional-encoder groups")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -67,8 +66,6 @@ def main() -> None:
         kwargs["channels"] = args.channels
     if args.cond_channels is not None:
         kwargs["cond_channels"] = args.cond_channels
-    if args.cond_norm_num_groups is not None:
-        kwargs["cond_norm_num_groups"] = args.cond_norm_num_groups
     model = PairedDiffusionModel(args.modalities, spatial_dims=args.spatial_dims, **kwargs)
     config = model.get_config()
     unets = torch.nn.ModuleList(

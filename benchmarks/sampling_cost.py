@@ -15,8 +15,7 @@ times. Weights are untrained: the cost of a forward pass does not depend on thei
 
 ``--config`` picks the model: ``default`` is ``PairedDiffusionModel()`` (UNet channels (32, 64, 64)),
 ``cpu`` is ``monai_pairsynth.engines.DEFAULT_CPU_MODEL_KWARGS`` (channels (16, 32, 32)), ``both`` runs the
-step comparison for each; ``--cond-channels`` (and ``--cond-norm-num-groups``) override the
-conditional-encoder widths (and their group-norm groups).
+step comparison for each; ``--cond-channels`` overrides the conditional-encoder widths.
 """
 
 from __future__ import annotations
@@ -331,9 +330,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cond-channels", type=int, nargs="+", default=None, help="conditional-encoder widths per level"
     )
-    parser.add_argument(
-        "--cond-norm-num-groups", type=int, default=None, help="group-norm groups of the conditional encoders"
-    )
     parser.add_argument("--no-breakdown", action="store_true", help="time the two totals only")
     parser.add_argument("--size", type=int, default=64, help="image size (square), default 64")
     parser.add_argument("--batch", type=int, default=4, help="triplets per batch, default 4")
@@ -365,8 +361,6 @@ def main(argv: list[str] | None = None) -> None:
         kwargs = dict(CONFIGS[name])
         if args.cond_channels is not None:
             kwargs["cond_channels"] = args.cond_channels
-        if args.cond_norm_num_groups is not None:
-            kwargs["cond_norm_num_groups"] = args.cond_norm_num_groups
         model = PairedDiffusionModel(**kwargs).eval()
         models[name] = model
         cfg = model.get_config()

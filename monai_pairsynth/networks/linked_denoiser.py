@@ -114,8 +114,8 @@ class LinkedDenoiser(nn.Module):
         channels: UNet channels per level (MONAI ``DiffusionModelUNet`` ``channels``).
         attention_levels: UNet self-attention per level.
         num_res_blocks: UNet res blocks per level (int or one per level).
-        norm_num_groups: group-norm groups of the UNet, and of the conditional encoders unless
-            ``cond_norm_num_groups`` is given (must divide every entry of ``channels``).
+        norm_num_groups: group-norm groups everywhere (must divide every entry of ``channels`` and
+            ``cond_channels``).
         num_head_channels: channels per attention head of the UNet (int or one per level); the last level's
             value is also used by the cross-encoder attention.
         cond_channels: conditional-encoder channels per level; ``None``: :func:`default_cond_channels`
@@ -127,10 +127,6 @@ class LinkedDenoiser(nn.Module):
         use_flash_attention: passed to the UNet: its attention runs through PyTorch's
             ``scaled_dot_product_attention`` (same parameters and results as MONAI's default einsum path,
             about 1.3x faster per CPU training step at 64x64).
-        cond_norm_num_groups: group-norm groups of the conditional encoders (must divide every entry of
-            ``cond_channels``); ``None``: ``norm_num_groups``. A smaller value allows narrower encoders, e.g.
-            ``cond_channels=(4, 8, 8), cond_norm_num_groups=4`` next to UNet ``channels=(16, 32, 32)``, for a
-            cheaper conditional pathway (a different parameterisation: new training needed).
 
     Example:
         >>> import torch
@@ -158,7 +154,6 @@ class LinkedDenoiser(nn.Module):
         filter_init_cutoff: float = 0.4,
         filter_init_strength: float = 0.8,
         use_flash_attention: bool = True,
-        cond_norm_num_groups: int | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -174,23 +169,18 @@ class LinkedDenoiser(nn.Module):
                 f"num_res_blocks must be an int >= 1 or one int >= 1 per level ({num_levels}), got {num_res_blocks}."
             )
         head_channels = ensure_tuple_rep(num_head_channels, num_levels)
-        if cond_norm_num_groups is None:
-            cond_norm_num_groups = norm_num_groups
-        if cond_norm_num_groups < 1:
-            raise ValueError(f"cond_norm_num_groups must be >= 1 or None, got {cond_norm_num_groups}.")
         if cond_channels is None:
             cond_channels = default_cond_channels(
-                channels, cond_norm_num_groups, head_channels[-1] if encoder_attention else 1
+                channels, norm_num_groups, head_channels[-1] if encoder_attention else 1
             )
         cond_channels = tuple(int(c) for c in cond_channels)
         if len(cond_channels) != num_levels:
             raise ValueError(
                 f"cond_channels must have one entry per level of channels {channels}, got {cond_channels}."
             )
-        if any(c % cond_norm_num_groups for c in cond_channels):
-            what = "norm_num_groups" if cond_norm_num_groups == norm_num_groups else "cond_norm_num_groups"
+        if any(c % norm_num_groups for c in cond_channels):
             raise ValueError(
-                f"every entry of cond_channels {cond_channels} must be divisible by {what}={cond_norm_num_groups}."
+                f"every entry of cond_channels {cond_channels} must be divisible by norm_num_groups={norm_num_groups}."
             )
         if encoder_attention and cond_channels[-1] % head_channels[-1]:
             raise ValueError(
@@ -206,7 +196,6 @@ class LinkedDenoiser(nn.Module):
         self.channels = channels
         self.num_res_blocks = tuple(num_res_blocks)
         self.cond_channels = cond_channels
-        self.cond_norm_num_groups = cond_norm_num_groups
 
         self.unet = DiffusionModelUNet(
             spatial_dims=spatial_dims,
@@ -238,7 +227,7 @@ class LinkedDenoiser(nn.Module):
         self.cond_encoders = nn.ModuleDict(
             {
                 name: ConditionalEncoder(
-                    spatial_dims, cond_in_channels, cond_channels, norm_num_groups=cond_norm_num_groups
+                    spatial_dims, cond_in_channels, cond_channels, norm_num_groups=norm_num_groups
                 )
                 for name in condition_names
             }

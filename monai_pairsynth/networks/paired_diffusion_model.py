@@ -44,10 +44,6 @@ class PairedDiffusionModel(nn.Module):
         filter_init_strength: initial strength of the low-pass filters (in (0, 1)).
         use_flash_attention: run the UNets' attention through PyTorch's ``scaled_dot_product_attention``
             (MONAI ``DiffusionModelUNet`` argument; same parameters and results, faster).
-        cond_norm_num_groups: group-norm groups of the conditional encoders; ``None`` (default):
-            ``norm_num_groups``. Smaller values allow narrower, cheaper encoders (e.g. ``cond_channels=(4, 8, 8),
-            cond_norm_num_groups=4``). It appears in ``get_config()`` only when set, so the configuration of a
-            model built without it (and of every checkpoint written before it existed) is unchanged.
 
     Example:
         >>> import torch
@@ -75,7 +71,6 @@ class PairedDiffusionModel(nn.Module):
         filter_init_cutoff: float = 0.4,
         filter_init_strength: float = 0.8,
         use_flash_attention: bool = True,
-        cond_norm_num_groups: int | None = None,
     ) -> None:
         super().__init__()
         if isinstance(modalities, str):
@@ -127,9 +122,6 @@ class PairedDiffusionModel(nn.Module):
             "filter_init_strength": float(filter_init_strength),
             "use_flash_attention": bool(use_flash_attention),
         }
-        if cond_norm_num_groups is not None:
-            # only when set: configurations (and checkpoints) of models built without it stay as they were
-            self._config["cond_norm_num_groups"] = int(cond_norm_num_groups)
         self._modalities = modalities
         self._spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -150,7 +142,6 @@ class PairedDiffusionModel(nn.Module):
                     filter_init_cutoff=filter_init_cutoff,
                     filter_init_strength=filter_init_strength,
                     use_flash_attention=use_flash_attention,
-                    cond_norm_num_groups=cond_norm_num_groups,
                 )
                 for name in modalities
             }
