@@ -6,6 +6,7 @@ Usage::
     python benchmarks/sampling_cost.py                  # full run (DDPM-1000 takes minutes on a 2-core CPU)
     python benchmarks/sampling_cost.py --quick          # every sampler timed on its first steps, extrapolated
     python benchmarks/sampling_cost.py --step-only --config both --repeats 41   # the 1.25x target only
+    python benchmarks/sampling_cost.py --step-only --config both --baseline-ref ef36dac  # before / after
 
 Prints markdown tables. Everything is measured in this one run. The linked / independent comparison measures
 process CPU time (``time.process_time``: user + system time of this process, so other jobs on a shared
@@ -21,11 +22,17 @@ step comparison for each; ``--cond-channels`` overrides the conditional-encoder 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -181,20 +188,54 @@ def independent_unets(model: PairedDiffusionModel) -> dict[str, DiffusionModelUN
     }
 
 
+def load_baseline_networks(ref: str):
+    """``monai_pairsynth.networks`` as it was at git revision ``ref``, imported under another module name.
+
+    Only that sub-package is taken from ``ref`` (its files are read with ``git show`` into a temporary
+    folder and its self-imports renamed), so the current and the old networks can run side by side, in one
+    process, on the same weights.
+    """
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    name = "_baseline_networks_" + re.sub(r"\W", "_", ref)
+    folder = Path(tempfile.mkdtemp()) / name
+    folder.mkdir()
+    for path in git("ls-tree", "--name-only", ref, "monai_pairsynth/networks/").split():
+        if path.endswith(".py"):
+            source = git("show", f"{ref}:{path}").replace("monai_pairsynth.networks", name)
+            (folder / Path(path).name).write_text(source)
+    sys.path.insert(0, str(folder.parent))
+    return importlib.import_module(name)
+
+
 def time_step(
-    model: PairedDiffusionModel, size: int, batch: int, repeats: int, inner: int, breakdown: bool = True
+    model: PairedDiffusionModel,
+    size: int,
+    batch: int,
+    repeats: int,
+    inner: int,
+    breakdown: bool = True,
+    baseline: torch.nn.Module | None = None,
 ) -> dict[str, object]:
     """CPU cost of one sampling step (forward + per-modality DPM-Solver++ update), linked vs independent.
 
     Every repeat times ``inner`` steps of each callable, in alternating order, with ``time.process_time``;
-    the linked / independent pair is measured first, on its own, then (``breakdown``) the linked model's parts.
+    the linked / independent pair (and ``baseline``, another build of the linked model, e.g. from an older
+    revision, with the same weights) is measured first, on its own, then (``breakdown``) the linked model's
+    parts.
 
     Returns:
         ``{"cpu": {name: median CPU seconds per step}, "wall": {name: median wall seconds per step},
         "system": {name: median system CPU seconds per step (part of "cpu")},
         "ratio": (q1, median, q3) of the per-repeat CPU ratio linked / independent,
-        "ratio_of_medians": float}``; names are ``linked``, ``independent`` and, with ``breakdown``, the
-        linked model's parts (UNets with injected residuals, conditional pathway, ``part:*``).
+        "ratio_of_medians": float}`` (and ``"baseline_ratio"`` with a ``baseline``); names are ``linked``,
+        ``independent``, ``baseline`` and, with ``breakdown``, the linked model's parts (UNets with injected
+        residuals, conditional pathway, ``part:*``).
     """
     unets = independent_unets(model)
     g = torch.Generator().manual_seed(0)
@@ -246,8 +287,22 @@ def time_step(
     with torch.no_grad():
         # the headline comparison runs alone: the breakdown below keeps intermediate tensors alive, which
         # changes how the allocator reuses memory (page faults are a visible part of the CPU time)
-        measure({"linked": linked, "independent": independent}, samples)
+        headline: dict[str, Callable[[], object]] = {"linked": linked, "independent": independent}
+        if baseline is not None:
+
+            def linked_baseline() -> None:
+                out = baseline(x, t)
+                for m in model.modalities:
+                    sched[m].step(out[m], t_int, x[m])
+
+            # same weights, so the same outputs (a regression check on the way)
+            new, old = model(x, t), baseline(x, t)
+            for m in model.modalities:
+                torch.testing.assert_close(new[m], old[m], rtol=1e-4, atol=1e-5)
+            headline["baseline"] = linked_baseline
+        measure(headline, samples)
         ratios = [a[1] / b[1] for a, b in zip(samples["linked"], samples["independent"])]
+        baseline_ratios = [a[1] / b[1] for a, b in zip(samples.get("baseline", []), samples["independent"])]
         if breakdown:
             residuals = {}
             for m in model.modalities:
@@ -263,16 +318,21 @@ def time_step(
             measure(parts, samples)
     cpu = {k: statistics.median(c for _, c in v) for k, v in samples.items()}
     wall = {k: statistics.median(w for w, _ in v) for k, v in samples.items()}
-    return {
+    result = {
         "cpu": cpu,
         "wall": wall,
         "system": {k: statistics.median(v) for k, v in system_time.items()},
         "ratio": _quartiles(ratios),
         "ratio_of_medians": cpu["linked"] / cpu["independent"],
     }
+    if baseline_ratios:
+        result["baseline_ratio"] = _quartiles(baseline_ratios)
+    return result
 
 
-def print_step_table(step: dict[str, object], label: str, repeats: int, inner: int, batch: int) -> None:
+def print_step_table(
+    step: dict[str, object], label: str, repeats: int, inner: int, batch: int, baseline_ref: str | None = None
+) -> None:
     """Markdown table of :func:`time_step`'s result."""
     cpu, wall = step["cpu"], step["wall"]
     q1, median, q3 = step["ratio"]
@@ -289,6 +349,12 @@ def print_step_table(step: dict[str, object], label: str, repeats: int, inner: i
         f"**{median:.3f}x** [{q1:.3f}, {q3:.3f}] |"
     )
     print(f"| ratio of the median CPU times | | {step['ratio_of_medians']:.3f}x |")
+    if "baseline_ratio" in step:
+        b1, b2, b3 = step["baseline_ratio"]
+        print(row(f"linked model of `{baseline_ref}` (same weights, interleaved)", "baseline"))
+        print(
+            f"| CPU ratio linked of `{baseline_ref}` / independent [IQR] | | {b2:.3f}x [{b1:.3f}, {b3:.3f}] |"
+        )
     system = step["system"]
     print(
         f"| system time inside the CPU times (page faults of fresh tensor memory), linked / independent | | "
@@ -331,6 +397,11 @@ def main(argv: list[str] | None = None) -> None:
         "--cond-channels", type=int, nargs="+", default=None, help="conditional-encoder widths per level"
     )
     parser.add_argument("--no-breakdown", action="store_true", help="time the two totals only")
+    parser.add_argument(
+        "--baseline-ref",
+        default=None,
+        help="also time the linked model built by monai_pairsynth/networks of this git revision (same weights)",
+    )
     parser.add_argument("--size", type=int, default=64, help="image size (square), default 64")
     parser.add_argument("--batch", type=int, default=4, help="triplets per batch, default 4")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, default 1")
@@ -368,8 +439,15 @@ def main(argv: list[str] | None = None) -> None:
         label = (
             f"`{name}` model: UNet channels {tuple(cfg['channels'])}, conditional encoders {cond_channels}"
         )
-        step = time_step(model, args.size, args.batch, repeats, inner, breakdown=not args.no_breakdown)
-        print_step_table(step, label, repeats, inner, args.batch)
+        baseline = None
+        if args.baseline_ref is not None:
+            old = load_baseline_networks(args.baseline_ref)
+            baseline = old.PairedDiffusionModel(**model.get_config()).eval()
+            baseline.load_state_dict(model.state_dict(), strict=True)
+        step = time_step(
+            model, args.size, args.batch, repeats, inner, breakdown=not args.no_breakdown, baseline=baseline
+        )
+        print_step_table(step, label, repeats, inner, args.batch, args.baseline_ref)
         median = step["ratio"][1]
         if median > 1.25:
             print(
