@@ -94,6 +94,12 @@ class PairedDiffusionModel(nn.Module):
         channels = [int(c) for c in channels]
         if len(channels) < 1:
             raise ValueError("channels must have at least one level.")
+        bad = [a for a in attention_levels if not isinstance(a, (bool, int)) or isinstance(a, str)]
+        if bad:
+            # a bundle override written "[false, true]" arrives as strings, and bool("false") is True
+            raise ValueError(
+                f"attention_levels must be booleans, got {list(attention_levels)} (write [False, True], not strings)."
+            )
         if len(attention_levels) != len(channels):
             raise ValueError(
                 f"attention_levels {list(attention_levels)} must have one entry per level of channels {channels}."

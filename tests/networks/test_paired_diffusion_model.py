@@ -211,3 +211,10 @@ def test_runs_under_bfloat16_autocast():
         assert out[m].shape == noisy[m].shape
         assert torch.isfinite(out[m]).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_attention_levels_must_be_booleans():
+    from monai_pairsynth.networks import PairedDiffusionModel as _P
+
+    with pytest.raises(ValueError, match="attention_levels must be booleans"):
+        _P(("ct", "pet"), channels=(8, 16), attention_levels=["false", "false"], norm_num_groups=4)
