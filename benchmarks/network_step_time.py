@@ -10,6 +10,7 @@ Usage::
     python benchmarks/network_step_time.py                      # defaults: 3 modalities, 2D, 64x64, batch 8
     python benchmarks/network_step_time.py --size 32 --spatial-dims 3 --batch 2
     python benchmarks/network_step_time.py --channels 16 32 32  # the CPU training default's widths
+    python benchmarks/network_step_time.py --baseline-ref ef36dac  # + the networks of that revision
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=None, help="UNet channels per level")
     parser.add_argument(
         "--cond-channels", type=int, nargs="+", default=None, help="conditional-encoder channels per level"
+    )
+    parser.add_argument(
+        "--baseline-ref",
+        default=None,
+        help="also time the linked model built by monai_pairsynth/networks of this git revision (same weights)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,6 +123,25 @@ def main() -> None:
         loss.backward()
         opt_plain.step()
 
+    baseline = None
+    if args.baseline_ref is not None:
+        from sampling_cost import load_baseline_networks  # same folder
+
+        baseline = load_baseline_networks(args.baseline_ref).PairedDiffusionModel(**config)
+        baseline.load_state_dict(model.state_dict(), strict=True)
+        opt_baseline = torch.optim.Adam(baseline.parameters(), lr=1e-4)
+
+        def baseline_step() -> None:
+            out = baseline(noisy, timesteps)
+            loss = sum(torch.nn.functional.mse_loss(out[m], noise[m]) for m in args.modalities)
+            opt_baseline.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_baseline.step()
+
+        @torch.no_grad()
+        def baseline_forward() -> None:
+            baseline(noisy, timesteps)
+
     @torch.no_grad()
     def linked_forward() -> None:
         model(noisy, timesteps)
@@ -127,16 +152,19 @@ def main() -> None:
             u(noisy[m], timesteps)
 
     size = "x".join([str(args.size)] * args.spatial_dims)
-    for title, linked_fn, plain_fn in (
-        ("training step (forward + backward + Adam)", linked_step, plain_step),
-        ("sampling step (forward, no grad)", linked_forward, plain_forward),
+    for title, linked_fn, plain_fn, baseline_fn in (
+        ("training step (forward + backward + Adam)", linked_step, plain_step, baseline and baseline_step),
+        ("sampling step (forward, no grad)", linked_forward, plain_forward, baseline and baseline_forward),
     ):
-        # interleave the two (alternating which goes first) so that load from other processes hits both alike
-        linked, plain = [], []
+        # interleave the sides (alternating which goes first) so that load from other processes hits all alike
+        sides = {"linked": linked_fn, "plain": plain_fn}
+        if baseline_fn:
+            sides["baseline"] = baseline_fn
+        times: dict[str, list[float]] = {k: [] for k in sides}
         for i in range(args.steps):
-            pair = ((linked, linked_fn), (plain, plain_fn))
-            for times, fn in pair if i % 2 == 0 else reversed(pair):
-                times += time_steps(fn, 1, args.warmup if not times else 0)
+            for k in list(sides) if i % 2 == 0 else reversed(list(sides)):
+                times[k] += time_steps(sides[k], 1, args.warmup if not times[k] else 0)
+        linked, plain = times["linked"], times["plain"]
         ratios = [a / b for a, b in zip(linked, plain)]
         print(f"{title}, {size}, batch {args.batch}, {args.steps} timed steps, process CPU time:")
         print(f"  linked model: median {statistics.median(linked):.3f} s, min {min(linked):.3f} s")
@@ -147,6 +175,12 @@ def main() -> None:
             f"  ratio linked / plain: median of per-step ratios {statistics.median(ratios):.3f}, "
             f"ratio of medians {statistics.median(linked) / statistics.median(plain):.3f}"
         )
+        if "baseline" in times:
+            old = times["baseline"]
+            print(
+                f"  linked model of {args.baseline_ref}: median {statistics.median(old):.3f} s; per-step ratio "
+                f"current / {args.baseline_ref}: median {statistics.median(a / b for a, b in zip(linked, old)):.3f}"
+            )
 
 
 if __name__ == "__main__":
