@@ -11,7 +11,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_save_torch", "atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_save_torch",
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
+    "state_dict_mismatch",
+]
 
 
 def _current_umask() -> int:
@@ -57,3 +63,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
 def atomic_save_torch(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` that never leaves a half-written file behind."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def state_dict_mismatch(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str, target: str, limit: int = 10
+) -> str | None:
+    """Describe how ``state`` fails to fit ``own`` (missing/unexpected keys, shape mismatches), or ``None``.
+
+    Example:
+        >>> state_dict_mismatch({"w": torch.zeros(2)}, {"w": torch.zeros(3)}, "file", "model")
+        'shape mismatches [w: file (3,) vs model (2,)]'
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: {source} {tuple(state[k].shape)} vs {target} {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:limit]}{' ...' if len(missing) > limit else ''}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:limit]}{' ...' if len(unexpected) > limit else ''}")
+    if shapes:
+        parts.append(f"shape mismatches [{'; '.join(shapes[:limit])}]")
+    return ", ".join(parts) if parts else None

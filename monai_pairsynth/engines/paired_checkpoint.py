@@ -36,7 +36,7 @@ from monai.networks.schedulers.ddpm import DDPMPredictionType
 from torch import nn
 
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
-from monai_pairsynth.utils import atomic_save_torch
+from monai_pairsynth.utils import atomic_save_torch, state_dict_mismatch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -291,23 +291,9 @@ def check_model_config(model: nn.Module, checkpoint: Mapping[str, Any], source: 
 
 
 def _load_state(module: nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-        if shapes:
-            parts.append(f"shape mismatches [{'; '.join(shapes[:10])}]")
-        raise ValueError(f"{what} weights do not fit the model: " + ", ".join(parts) + ".")
+    problem = state_dict_mismatch(module.state_dict(), state, "checkpoint", "model")
+    if problem:
+        raise ValueError(f"{what} weights do not fit the model: {problem}.")
     module.load_state_dict(state)
 
 

@@ -18,6 +18,8 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from monai_pairsynth.utils import state_dict_mismatch
+
 __all__ = ["RandomConvFeatures", "load_feature_weights"]
 
 
@@ -52,26 +54,10 @@ def load_feature_weights(network: nn.Module, weights_path: str | os.PathLike) ->
         raise ValueError(
             f"{str(path)!r} does not hold a state dict (a mapping of parameter names to tensors)."
         )
-    own = network.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if shapes:
-            parts.append(f"shape mismatches [{'; '.join(shapes)}]")
+    problem = state_dict_mismatch(network.state_dict(), state, "file", "network")
+    if problem:
         raise ValueError(
-            f"feature network weights in {str(path)!r} do not match {type(network).__name__}: "
-            + ", ".join(parts)
-            + "."
+            f"feature network weights in {str(path)!r} do not match {type(network).__name__}: {problem}."
         )
     network.load_state_dict(state)
     return network
