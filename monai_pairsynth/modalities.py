@@ -101,7 +101,9 @@ def resolve_specs(
     spec is an error, since its physical range cannot be guessed.
     """
     if isinstance(modalities, str):
-        raise ValueError(f"modalities must be a sequence of names or a mapping, got the string {modalities!r}.")
+        raise ValueError(
+            f"modalities must be a sequence of names or a mapping, got the string {modalities!r}."
+        )
     out: dict[str, ModalitySpec] = {}
     items = modalities.items() if isinstance(modalities, Mapping) else ((m, None) for m in modalities)
     for name, spec in items:
@@ -115,7 +117,9 @@ def resolve_specs(
         elif isinstance(spec, Mapping):
             spec = ModalitySpec(**spec)
         elif not isinstance(spec, ModalitySpec):
-            raise ValueError(f"spec for modality {name!r} must be a ModalitySpec or a dict, got {type(spec).__name__}.")
+            raise ValueError(
+                f"spec for modality {name!r} must be a ModalitySpec or a dict, got {type(spec).__name__}."
+            )
         out[str(name)] = spec
     if len(out) < 1:
         raise ValueError("at least one modality is required.")

@@ -27,19 +27,19 @@ from .paired_checkpoint import (
 from .paired_data_loader import paired_data_loader
 from .paired_noise_inferer import PairedNoiseInferer
 from .paired_prepare_batch import PairedDiffusionPrepareBatch, offset_noise
-from .paired_trainer import STATS_LOGGER_NAME, PairedTrainingParts, create_paired_trainer
+from .paired_trainer import STATS_LOGGER_NAME, EpochTimeLimit, PairedTrainingParts, create_paired_trainer
 from .paired_training import DEFAULT_CPU_MODEL_KWARGS, build_training_dataset, train_paired_diffusion
 from .param_groups import create_paired_optimizer, paired_param_groups
 from .perceptual_warmup import PerceptualWarmup
 
 __all__ = [
-    "export_sampling_checkpoint",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "DEFAULT_CPU_MODEL_KWARGS",
     "LOSS_COMPONENTS_KEY",
     "STATS_LOGGER_NAME",
     "ClipGradNormHandler",
+    "EpochTimeLimit",
     "LossComponentsHandler",
     "PairedCheckpointSaver",
     "PairedDiffusionPrepareBatch",
@@ -52,6 +52,7 @@ __all__ = [
     "create_noise_scheduler",
     "create_paired_optimizer",
     "create_paired_trainer",
+    "export_sampling_checkpoint",
     "load_paired_checkpoint",
     "load_paired_weights",
     "noise_scheduler_config",

@@ -19,12 +19,14 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler
@@ -85,6 +87,48 @@ def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
 
 
+class EpochTimeLimit:
+    """Stop an ignite engine at the end of the first epoch completed after ``seconds`` of ``run()``.
+
+    Like ignite's ``TimeLimit`` but timed from ``Events.STARTED`` (not from construction) and checked per
+    epoch, so the stop falls on an epoch boundary where checkpoints are written and a resumed run continues
+    exactly. ``stopped`` tells whether the limit ended the run.
+
+    Example:
+        >>> from ignite.engine import Engine
+        >>> engine = Engine(lambda e, b: None)
+        >>> limit = EpochTimeLimit(0.0); limit.attach(engine)
+        >>> engine.run(range(3), max_epochs=5).epoch, limit.stopped
+        (1, True)
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not float(seconds) >= 0:
+            raise ValueError(f"seconds must be a number >= 0, got {seconds!r}.")
+        self.seconds = float(seconds)
+        self.started = 0.0
+        self.stopped = False
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _start(self, engine: Engine) -> None:
+        self.started, self.stopped = time.perf_counter(), False
+
+    def __call__(self, engine: Engine) -> None:
+        elapsed = time.perf_counter() - self.started
+        if elapsed >= self.seconds and engine.state.epoch < engine.state.max_epochs:
+            logger.info(
+                "time limit of %.1f min reached after epoch %d (%.1f min): stopping.",
+                self.seconds / 60.0,
+                engine.state.epoch,
+                elapsed / 60.0,
+            )
+            self.stopped = True
+            engine.terminate()
+
+
 def create_paired_trainer(
     model: nn.Module,
     train_data_loader: Iterable,
@@ -123,6 +167,7 @@ def create_paired_trainer(
     progress_bar: bool | None = None,
     extra_handlers: Sequence[Any] | None = None,
     resume_from: str | os.PathLike | None = None,
+    max_minutes: float | None = None,
 ) -> SupervisedTrainer:
     """Build a MONAI ``SupervisedTrainer`` that trains a ``PairedDiffusionModel``.
 
@@ -168,6 +213,10 @@ def create_paired_trainer(
         progress_bar: ignite ``ProgressBar``; ``None``: only when stderr is a terminal.
         extra_handlers: further handlers with ``attach(engine)``.
         resume_from: checkpoint to continue from (see :func:`restore_paired_training`).
+        max_minutes: wall-clock budget of one ``run()``: training stops at the end of the first epoch that
+            finishes past it (``max_epochs`` still caps it) and the checkpoint of that epoch is written, so a
+            run can be sized to a machine's time slot; ``trainer.state.epoch`` tells how far it got. With
+            several processes (DDP) ranks may stop at different epochs: leave it ``None`` there.
 
     Returns:
         the trainer; ``trainer.paired`` is a :class:`PairedTrainingParts` (EMA model, loss, saver, ...).
@@ -181,6 +230,8 @@ def create_paired_trainer(
         raise ValueError(f"max_epochs must be an int >= 1, got {max_epochs!r}.")
     if isinstance(log_every, bool) or int(log_every) != log_every or log_every < 0:
         raise ValueError(f"log_every must be an int >= 0, got {log_every!r}.")
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not float(max_minutes) > 0):
+        raise ValueError(f"max_minutes must be a positive number of minutes or None, got {max_minutes!r}.")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     if amp and device.type != "cuda":
         raise ValueError(
@@ -304,6 +355,8 @@ def create_paired_trainer(
         decollate=False,
         optim_set_to_none=True,
     )
+    if max_minutes is not None:
+        EpochTimeLimit(float(max_minutes) * 60.0).attach(trainer)
     if ema_handler is not None:
         ema_handler.attach(trainer, name="ema_momentum")
     if saver is not None:

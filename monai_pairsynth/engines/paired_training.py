@@ -178,6 +178,7 @@ def train_paired_diffusion(
     log_every: int = 10,
     progress_bar: bool | None = None,
     tensorboard: bool | None = None,
+    max_minutes: float | None = None,
 ) -> Path:
     """Train a ``PairedDiffusionModel`` and return the path of its checkpoint.
 
@@ -212,6 +213,8 @@ def train_paired_diffusion(
         resume_from: checkpoint to continue (same data and settings give the same result as one run).
         checkpoint_every, keep_epoch_checkpoints: checkpointing.
         log_every, progress_bar, tensorboard: logging (see :func:`create_paired_trainer`).
+        max_minutes: stop at the first epoch end past this wall-clock budget (``epochs`` still caps it);
+            ``summary.json`` records the epochs and iterations reached.
 
     Returns:
         path of ``checkpoint.pt`` (EMA and online weights, optimiser, configs).
@@ -285,6 +288,7 @@ def train_paired_diffusion(
         "device": str(device),
         "seed": seed,
         "resume_from": None if resume_from is None else str(resume_from),
+        "max_minutes": max_minutes,
     }
     trainer = create_paired_trainer(
         model,
@@ -314,6 +318,7 @@ def train_paired_diffusion(
         progress_bar=progress_bar,
         tensorboard=tensorboard,
         resume_from=resume_from,
+        max_minutes=max_minutes,
     )
     if augment and num_workers == 0:
         # random augmentation draws per epoch from (seed, epoch), so a resumed run augments like a straight one

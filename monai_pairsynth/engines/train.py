@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1)
     p.add_argument("--keep-epoch-checkpoints", action="store_true")
     p.add_argument("--log-every", type=int, default=10, help="iteration-log interval (0: epoch logs only)")
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop at the first epoch end past this many minutes (--epochs still caps it)",
+    )
     return p
 
 
@@ -163,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_every=args.log_every,
             progress_bar=args.progress,
             tensorboard=args.tensorboard,
+            max_minutes=args.max_minutes,
         )
     except (ValueError, KeyError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -170,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = json.loads((path.parent / "summary.json").read_text(encoding="utf-8"))
     print(
         f"checkpoint: {path}\n"
-        f"iterations: {summary['iterations']}, {summary['seconds_per_iteration']:.3f} s per training step "
+        f"epochs: {summary['epochs']}, iterations: {summary['iterations']}, "
+        f"{summary['seconds_per_iteration']:.3f} s per training step "
         f"(process CPU time {summary['cpu_seconds_per_iteration']:.3f} s; batch {summary['batch_size']}, "
         f"{summary['device']}, {summary['torch_threads']} threads)"
     )

@@ -94,6 +94,51 @@ def test_train_paired_diffusion_writes_a_loadable_checkpoint(tmp_path):
     assert config["model_config"]["channels"] == [8, 16] and config["seed"] == 3
 
 
+def test_max_minutes_stops_at_an_epoch_end_and_writes_that_checkpoint(tmp_path, capsys):
+    common = [
+        "--num-cases",
+        "2",
+        "--spatial-size",
+        "16",
+        "16",
+        "--spacing",
+        "16",
+        "--batch-size",
+        "2",
+        *TINY_CLI,
+    ]
+    common += ["--log-every", "0", "--no-progress"]
+    # a budget of ~0 s: the first epoch end is past it, so 1 of the 5 epochs runs
+    assert main(["--output-dir", str(tmp_path), "--epochs", "5", "--max-minutes", "1e-9", *common]) == 0
+    assert "epochs: 1, iterations: 1" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["iterations"] == 1
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["trainer"]["epoch"] == 1
+    assert json.loads((tmp_path / "run_config.json").read_text())["max_minutes"] == 1e-9
+    # a generous budget does not stop anything
+    train_paired_diffusion(
+        tmp_path / "long",
+        num_cases=2,
+        spatial_size=(16, 16),
+        spacing=16.0,
+        epochs=2,
+        batch_size=2,
+        model_kwargs=TINY,
+        log_every=0,
+        progress_bar=False,
+        max_minutes=60,
+    )
+    assert json.loads((tmp_path / "long" / "summary.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, True])
+def test_max_minutes_must_be_positive(tmp_path, bad):
+    with pytest.raises(ValueError, match="max_minutes"):
+        train_paired_diffusion(
+            tmp_path, num_cases=1, spatial_size=(16, 16), spacing=16.0, model_kwargs=TINY, max_minutes=bad
+        )
+
+
 def test_spatial_size_not_divisible_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"spatial_size \(17, 17\) is not divisible by 2"):
         train_paired_diffusion(tmp_path, spatial_size=(17, 17), spacing=16.0, model_kwargs=TINY, num_cases=1)

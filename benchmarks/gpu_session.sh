@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Everything this project runs on a lent GPU, in one command (one short lease):
+#   1. the CUDA tests (pytest -m gpu),
+#   2. generation throughput at 128x128, 20 DPM-Solver++ steps, bf16 (benchmarks/generation_throughput.py),
+#   3. in parallel for MINUTES minutes each: the bundle's demo checkpoint (train_diffusion.json itself) and
+#      the six downstream-experiment generators (experiments/train_generators.py).
+# Results land in $OUT (default runs/gpu): throughput.json, diffusion_demo.pt (slim sampling checkpoint),
+# demo_checkpoint.pt (full training checkpoint, resumable), generators.tar, logs.tar.
+# Usage: MINUTES=6 OUT=runs/gpu bash benchmarks/gpu_session.sh
+set -u
+OUT=${OUT:-runs/gpu}
+MINUTES=${MINUTES:-6}
+W=${WORK:-/tmp/gpu_session}
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu SKIP_THROUGHPUT=1 MINUTES=0.1 rehearses the script on a CPU
+mkdir -p "$OUT" "$W/logs"
+OUT=$(cd "$OUT" && pwd)
+if [ -d .whl ]; then  # packages the GPU image lacks, carried as wheels
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+ROOT=$PWD
+nvidia-smi > "$W/logs/nvidia-smi.txt" 2>&1
+python3 -c "import torch, monai, ignite; print('torch', torch.__version__, 'monai', monai.__version__, 'ignite', ignite.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+
+stamp "CUDA tests"
+python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="" -W ignore \
+    tests/quality/test_filter_gpu.py tests/engines/test_paired_trainer.py tests/inferers/test_paired_diffusion_inferer.py \
+    > "$W/logs/gpu_tests.log" 2>&1
+echo "pytest exit $?"; tail -3 "$W/logs/gpu_tests.log"
+
+stamp "throughput"
+[ -n "${SKIP_THROUGHPUT:-}" ] || python3 benchmarks/generation_throughput.py --device cuda --amp bf16 --batch 64 256 --json "$OUT/throughput.json" 2>&1 | tee "$W/logs/throughput.log"
+[ -n "${SKIP_THROUGHPUT:-}" ] || python3 benchmarks/generation_throughput.py --config cpu --size 64 --device cuda --amp bf16 --batch 256 --json "$W/logs/throughput_cpu_model.json" > "$W/logs/throughput_cpu_model.log" 2>&1
+
+stamp "training for $MINUTES min"
+demo() {  # the bundle's own config; falls back to fp32 if mixed precision fails to start
+    cd "$ROOT/bundles/pet_ct_pairsynth" || return 1
+    local args=(--config_file configs/train_diffusion.json --logging_file configs/logging.conf --device $DEVICE
+        --epochs 100000 --batch_size 32 --num_workers 4 --progress False
+        --output_dir "$W/demo" --export_path "$W/diffusion_demo.pt")
+    python3 -m monai.bundle run "${args[@]}" --max_minutes "$MINUTES" > "$W/logs/demo_train.log" 2>&1 && return 0
+    echo "demo training with AMP failed; retrying in fp32" >> "$W/logs/demo_train.log"
+    python3 -m monai.bundle run "${args[@]}" --amp False --max_minutes "$(python3 -c "print($MINUTES - 1)")" \
+        >> "$W/logs/demo_train.log" 2>&1
+}
+gens() {
+    python3 experiments/train_generators.py --out "$W/generators" --device "$DEVICE" --max-minutes "$MINUTES" \
+        > "$W/logs/generators.log" 2>&1 && return 0
+    echo "generator training with AMP failed; retrying in fp32" >> "$W/logs/generators.log"
+    python3 experiments/train_generators.py --out "$W/generators" --device "$DEVICE" --no-amp \
+        --max-minutes "$(python3 -c "print($MINUTES - 1)")" >> "$W/logs/generators.log" 2>&1
+}
+demo & demo_pid=$!
+gens & gens_pid=$!
+( sleep 60; nvidia-smi > "$W/logs/nvidia-smi-training.txt" 2>&1 ) &
+wait $demo_pid; echo "demo exit $?"
+wait $gens_pid; echo "generators exit $?"
+stamp "done training"
+tail -5 "$W/logs/demo_train.log"; cat "$W/logs/generators.log" | grep -v "^\[gen.*-m monai"
+
+cp "$W/diffusion_demo.pt" "$OUT/" 2>/dev/null
+cp "$W/demo/checkpoint.pt" "$OUT/demo_checkpoint.pt" 2>/dev/null
+(cd "$W/generators" 2>/dev/null && tar cf "$OUT/generators.tar" gen_*.pt generators.json */train.log */summary.json */run_config.json)
+(cd "$W" && tar cf "$OUT/logs.tar" logs)
+stamp "all done"

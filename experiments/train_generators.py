@@ -1,0 +1,171 @@
+"""Stage 1 of the downstream experiment: one linked diffusion generator per (N_real, seed) arm.
+
+Each generator sees only the real training cases of its arm (``downstream_splits.train_seeds``): a
+generator trained on more real data than its segmenter would fake the gain. Every generator is trained
+by the package's own command line (``python -m monai_pairsynth.engines.train``) at the CPU default model
+size, in parallel processes, then exported to a slim fp16 sampling checkpoint ``gen_n{N}_s{seed}.pt``.
+
+Usage::
+
+    # what produced docs/results.md (one H200, all six in parallel, 6 minutes each):
+    python experiments/train_generators.py --out runs/downstream/generators --device cuda --max-minutes 6
+    # the same on a CPU (slow: about 3.7 s per step on one core, so give it hours)
+    python experiments/train_generators.py --out runs/downstream/generators --device cpu --max-minutes 240
+
+``--max-minutes`` bounds each run's wall time (training stops at the first epoch end past it); ``--steps``
+caps the number of optimiser steps. ``summary.json`` in each run folder records the epochs, steps and
+seconds per step reached, and ``generators.json`` collects them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from downstream_splits import generator_name, train_base_seed  # noqa: E402
+
+# the bundle's train_diffusion.json settings, so arm generators and the demo checkpoint train alike
+BATCH_SIZE = 16
+LEARNING_RATE = 5e-4
+EMA_MOMENTUM = 0.005
+EMA_WARMUP_ITERS = 100
+PERCEPTUAL_START_STEP = 500
+
+
+def train_command(
+    out_dir: Path,
+    n_real: int,
+    seed: int,
+    *,
+    device: str,
+    steps: int,
+    max_minutes: float | None,
+    threads: int,
+    amp: bool | None = None,
+) -> list[str]:
+    """The ``monai_pairsynth.engines.train`` command of one arm's generator."""
+    steps_per_epoch = max(n_real // BATCH_SIZE, 1)
+    epochs = max(steps // steps_per_epoch, 1)
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai_pairsynth.engines.train",
+        "--output-dir",
+        str(out_dir),
+        "--num-cases",
+        str(n_real),
+        "--seed",
+        str(train_base_seed(seed)),
+        "--augment",
+        "--batch-size",
+        str(BATCH_SIZE),
+        "--lr",
+        str(LEARNING_RATE),
+        "--epochs",
+        str(epochs),
+        "--ema-momentum",
+        str(EMA_MOMENTUM),
+        "--ema-warmup-iters",
+        str(EMA_WARMUP_ITERS),
+        "--perceptual-start-epoch",
+        str(max(PERCEPTUAL_START_STEP // steps_per_epoch, 1)),
+        "--checkpoint-every",
+        str(max(200 // steps_per_epoch, 1)),
+        "--log-every",
+        "0",
+        "--no-progress",
+        "--no-tensorboard",
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+    ]
+    if max_minutes is not None:
+        cmd += ["--max-minutes", str(max_minutes)]
+    if amp is not None:
+        cmd += ["--amp" if amp else "--no-amp"]
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for the run folders and the exported checkpoints")
+    p.add_argument("--n-real", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=100_000, help="cap on optimiser steps per generator")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-time budget per generator")
+    p.add_argument("--jobs", type=int, default=0, help="parallel runs (0: all at once)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on with CUDA")
+    args = p.parse_args(argv)
+
+    from monai_pairsynth.engines import export_sampling_checkpoint
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    arms = [(n, s) for n in args.n_real for s in args.seeds]
+    jobs = args.jobs or len(arms)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pending = list(arms)
+    running: dict[tuple[int, int], tuple[subprocess.Popen, float, object]] = {}
+    results: dict[str, dict] = {}
+    failed = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            n, s = pending.pop(0)
+            name = generator_name(n, s)
+            run_dir = out / name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cmd = train_command(
+                run_dir,
+                n,
+                s,
+                device=args.device,
+                steps=args.steps,
+                max_minutes=args.max_minutes,
+                threads=args.threads,
+                amp=args.amp,
+            )
+            log = open(run_dir / "train.log", "w", encoding="utf-8")
+            print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+            running[(n, s)] = (
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                time.time(),
+                log,
+            )
+        time.sleep(2.0)
+        for (n, s), (proc, started, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()  # type: ignore[attr-defined]
+            del running[(n, s)]
+            name = generator_name(n, s)
+            run_dir = out / name
+            if proc.returncode != 0:
+                failed.append(name)
+                print(f"[{name}] FAILED (exit {proc.returncode}); see {run_dir / 'train.log'}", flush=True)
+                continue
+            export_sampling_checkpoint(run_dir / "checkpoint.pt", out / f"{name}.pt", half=True)
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            summary.update(n_real=n, seed=s, wall_seconds=round(time.time() - started, 1))
+            results[name] = summary
+            print(
+                f"[{name}] {summary['iterations']} steps, {summary['epochs']} epochs, "
+                f"{summary['seconds_per_iteration'] * 1000:.1f} ms/step, {summary['wall_seconds']:.0f} s",
+                flush=True,
+            )
+    (out / "generators.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
