@@ -77,6 +77,30 @@ def test_train_diffusion_exports_a_checkpoint_generate_uses(tmp_path):
     assert info["model_config"]["channels"] == [8, 16]
     assert info["model_config"]["attention_levels"] == [False, False]
     assert (out / "slim.pt").stat().st_size < (out / "checkpoint.pt").stat().st_size
+    # resume_from continues the run; max_minutes stops it at the first epoch end past the budget
+    _run(
+        [
+            sys.executable,
+            *_bundle("train_diffusion.json"),
+            *TINY_CLI,
+            "--epochs",
+            "5",
+            "--num_phantom_cases",
+            "8",
+            "--batch_size",
+            "4",
+            "--resume_from",
+            str(out / "checkpoint.pt"),
+            "--max_minutes",
+            "1e-9",
+            "--output_dir",
+            str(tmp_path / "resumed"),
+            "--export_path",
+            str(tmp_path / "resumed" / "slim.pt"),
+        ]
+    )
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["trainer"]
+    assert (resumed["epoch"], resumed["iteration"], resumed["max_epochs"]) == (2, 4, 5)
     run_workflow(
         "generate.json",
         **grid_overrides(
