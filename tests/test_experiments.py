@@ -1,0 +1,116 @@
+"""The downstream experiment's scripts (experiments/): splits, generator stage, a rehearsal of the rest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+from downstream_splits import (  # noqa: E402
+    MAX_N_REAL,
+    generator_name,
+    held_out_seeds,
+    train_base_seed,
+    train_seeds,
+)
+
+
+def test_splits_are_patient_disjoint_and_nested():
+    demo_training = set(range(320))  # the bundle's demo checkpoint saw phantom seeds 0-319
+    test = set(held_out_seeds(256))
+    assert len(test) == 256
+    per_seed = {s: set(train_seeds(64, s)) for s in range(3)}
+    for s, cases in per_seed.items():
+        assert len(cases) == 64
+        assert not cases & test and not cases & demo_training
+        assert set(train_seeds(16, s)) < cases  # the 16-case set is part of the 64-case set
+        for other, other_cases in per_seed.items():
+            if other != s:
+                assert not cases & other_cases
+    assert not test & demo_training
+    assert generator_name(16, 2) == "gen_n16_s2"
+    with pytest.raises(ValueError, match="n_real"):
+        train_seeds(MAX_N_REAL + 1, 0)
+    with pytest.raises(ValueError, match="seed"):
+        train_base_seed(-1)
+
+
+def _run(args, cwd, timeout=600):
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_generator_stage_then_quick_experiment(tmp_path):
+    root = tmp_path / "ds"
+    repo = EXPERIMENTS.parent
+    out = _run(
+        [
+            str(EXPERIMENTS / "train_generators.py"),
+            "--out",
+            str(root / "generators"),
+            "--n-real",
+            "16",
+            "--seeds",
+            "0",
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        cwd=repo,
+    )
+    assert "[gen_n16_s0] 1 steps" in out
+    # the generator saw exactly the arm's real cases: 16 phantom cases from the arm's base seed
+    run_config = json.loads((root / "generators" / "gen_n16_s0" / "run_config.json").read_text())
+    assert run_config["num_cases"] == 16 and run_config["seed"] == train_base_seed(0)
+    assert (root / "generators" / "gen_n16_s0.pt").is_file()
+
+    report = tmp_path / "results.md"
+    _run(
+        [
+            str(EXPERIMENTS / "downstream.py"),
+            "all",
+            "--root",
+            str(root),
+            "--quick",
+            "--jobs",
+            "1",
+            "--results-md",
+            str(report),
+        ],
+        cwd=repo,
+    )
+    summary = json.loads((root / "summary.json").read_text())
+    arms = {key.split("/")[1] for key in summary["table"]}
+    assert arms == {
+        "real",
+        "unfiltered",
+        "filtered_r0.25",
+        "filtered_r0.5",
+        "filtered_r1",
+        "filtered_r2",
+        "pretrain",
+        "ct_real",
+        "ct_filtered_r0.5",
+    }
+    for row in summary["table"].values():
+        assert 0.0 <= row["mean"] <= 1.0
+    assert summary["table"]["n16/filtered_r0.5"]["baseline"] == "real"
+    assert summary["table"]["n16/ct_filtered_r0.5"]["baseline"] == "ct_real"
+    (pool,) = summary["pools"]
+    assert pool["candidates"] == 4 * pool["pool_size"]
+    text = report.read_text()
+    assert "### N_real = 16" in text and "real + filtered synthetic, r = 2" in text
+    assert (tmp_path / "results_dice_vs_ratio.png").stat().st_size > 1000
+    # a second run reuses every finished result instead of recomputing it
+    first = (root / "segment" / "n16_s0_real.json").stat().st_mtime_ns
+    _run([str(EXPERIMENTS / "downstream.py"), "report", "--root", str(root), "--quick"], cwd=repo)
+    assert (root / "segment" / "n16_s0_real.json").stat().st_mtime_ns == first
