@@ -716,8 +716,8 @@ def build_synthesis_pool(
     pool_size: int,
     *,
     filter_mode: FilterMode | str = FilterMode.POOL,
-    scheduler: str = "ddpm",
-    num_inference_steps: int = 100,
+    scheduler: str = "dpmpp",
+    num_inference_steps: int = 20,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     seed: int = 0,
@@ -736,9 +736,9 @@ def build_synthesis_pool(
         quality_filter: a fitted filter (:func:`train_quality_filter`), or ``None`` with ``filter_mode="none"``.
         pool_size: triplets to keep (>= 1).
         filter_mode: ``"pool"`` (4 candidates per kept triplet), ``"streaming"`` or ``"none"``.
-        scheduler, num_inference_steps: the sampler (strided DDPM with 100 steps by default: robust on
-            young checkpoints, where the deterministic DPM-Solver++ and DDIM trajectories diverge; see
-            docs/sampling.md).
+        scheduler, num_inference_steps: the sampler (the package default, DPM-Solver++ with 20 steps, as in
+            :class:`DiffusionPoolSource`; the bundle's configs pass ``"ddpm"`` with 100 steps, which stays
+            robust on young checkpoints where the deterministic samplers diverge, see docs/sampling.md).
         batch_size: triplets per network call.
         device: sampling device (default CUDA when available).
         seed: generation seed (rank ``r`` uses ``seed + 7919 r``).
@@ -829,8 +829,8 @@ def mixing_pool(
     diffusion_checkpoint: str | os.PathLike | None = None,
     pool_size: int | None = None,
     filter_mode: FilterMode | str = FilterMode.POOL,
-    scheduler: str = "ddpm",
-    num_inference_steps: int = 100,
+    scheduler: str = "dpmpp",
+    num_inference_steps: int = 20,
     batch_size: int = 16,
     segmenter_epochs: int = 30,
     mc_passes: int = 4,
