@@ -38,6 +38,7 @@ repeated, so an interrupted experiment resumes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -111,14 +112,23 @@ def arms() -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------ data
 def phantom_samples(seeds: list[int]) -> list[dict[str, Any]]:
-    """Phantom triplets in physical units, ``{ct, pet, label}`` tensors ``(1, 64, 64)`` only."""
+    """Phantom triplets in physical units, ``{ct, pet, label}`` tensors ``(1, 64, 64)`` only.
+
+    Cached per process (the 9 arms of a seed share their real cases and every run shares the test set); each
+    call returns fresh dicts around the shared tensors, which the (non in-place) MONAI transforms only read.
+    """
+    return [dict(case) for case in _phantom_cases(tuple(seeds))]
+
+
+@functools.lru_cache(maxsize=4)
+def _phantom_cases(seeds: tuple[int, ...]) -> tuple[dict[str, Any], ...]:
     from monai_pairsynth.data import make_phantom_case
 
     out = []
     for s in seeds:
         case = make_phantom_case(s, spatial_size=SPATIAL_SIZE, spacing=SPACING)
         out.append({k: case[k].as_tensor().clone() for k in ("ct", "pet", "label")})
-    return out
+    return tuple(out)
 
 
 def _one_thread() -> None:
