@@ -30,6 +30,19 @@ TINY_CLI = [
     "--num-head-channels",
     "4",
 ]
+# two 16x16 phantom cases, one batch: a training run of a second or two
+SMALL_RUN_CLI = [
+    "--num-cases",
+    "2",
+    "--spatial-size",
+    "16",
+    "16",
+    "--spacing",
+    "16",
+    "--batch-size",
+    "2",
+    *TINY_CLI,
+]
 
 
 @pytest.fixture(autouse=True)
@@ -95,19 +108,7 @@ def test_train_paired_diffusion_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_max_minutes_stops_at_an_epoch_end_and_writes_that_checkpoint(tmp_path, capsys):
-    common = [
-        "--num-cases",
-        "2",
-        "--spatial-size",
-        "16",
-        "16",
-        "--spacing",
-        "16",
-        "--batch-size",
-        "2",
-        *TINY_CLI,
-    ]
-    common += ["--log-every", "0", "--no-progress"]
+    common = [*SMALL_RUN_CLI, "--log-every", "0", "--no-progress"]
     # a budget of ~0 s: the first epoch end is past it, so 1 of the 5 epochs runs
     assert main(["--output-dir", str(tmp_path), "--epochs", "5", "--max-minutes", "1e-9", *common]) == 0
     assert "epochs: 1, iterations: 1" in capsys.readouterr().out
@@ -150,19 +151,7 @@ def test_model_kwargs_cannot_override_the_data(tmp_path):
 
 
 def test_cli_trains_and_resumes(tmp_path, capsys):
-    common = [
-        "--num-cases",
-        "2",
-        "--spatial-size",
-        "16",
-        "16",
-        "--spacing",
-        "16",
-        "--batch-size",
-        "2",
-        *TINY_CLI,
-    ]
-    common += ["--log-every", "0", "--no-progress", "--lr", "ct=1e-3,pet=2e-4,label=5e-4"]
+    common = [*SMALL_RUN_CLI, "--log-every", "0", "--no-progress", "--lr", "ct=1e-3,pet=2e-4,label=5e-4"]
     assert main(["--output-dir", str(tmp_path), "--epochs", "1", *common]) == 0
     out = capsys.readouterr().out
     assert "checkpoint:" in out and "s per training step" in out
