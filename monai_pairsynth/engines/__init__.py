@@ -8,6 +8,8 @@ command line is ``python -m monai_pairsynth.engines.train``.
 from __future__ import annotations
 
 from .clip_grad_norm_handler import ClipGradNormHandler
+from .device_triplet_loader import DeviceTripletLoader
+from .foreach_ema_handler import ForeachEMAHandler
 from .loss_components_handler import LOSS_COMPONENTS_KEY, LossComponentsHandler, paired_loss_output_transform
 from .paired_checkpoint import (
     CHECKPOINT_FORMAT,
@@ -27,7 +29,13 @@ from .paired_checkpoint import (
 from .paired_data_loader import paired_data_loader
 from .paired_noise_inferer import PairedNoiseInferer
 from .paired_prepare_batch import PairedDiffusionPrepareBatch, offset_noise
-from .paired_trainer import STATS_LOGGER_NAME, EpochTimeLimit, PairedTrainingParts, create_paired_trainer
+from .paired_trainer import (
+    STATS_LOGGER_NAME,
+    EpochTimeLimit,
+    PairedTrainingParts,
+    create_paired_trainer,
+    skip_redundant_train_calls,
+)
 from .paired_training import DEFAULT_CPU_MODEL_KWARGS, build_training_dataset, train_paired_diffusion
 from .param_groups import create_paired_optimizer, paired_param_groups
 from .perceptual_warmup import PerceptualWarmup
@@ -39,7 +47,9 @@ __all__ = [
     "LOSS_COMPONENTS_KEY",
     "STATS_LOGGER_NAME",
     "ClipGradNormHandler",
+    "DeviceTripletLoader",
     "EpochTimeLimit",
+    "ForeachEMAHandler",
     "LossComponentsHandler",
     "PairedCheckpointSaver",
     "PairedDiffusionPrepareBatch",
@@ -63,5 +73,6 @@ __all__ = [
     "read_paired_checkpoint",
     "restore_paired_training",
     "save_paired_checkpoint",
+    "skip_redundant_train_calls",
     "train_paired_diffusion",
 ]

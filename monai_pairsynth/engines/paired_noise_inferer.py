@@ -8,7 +8,28 @@ import torch
 from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 
-__all__ = ["PairedNoiseInferer"]
+__all__ = ["PairedNoiseInferer", "resolve_autocast_dtype"]
+
+_AUTOCAST_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_autocast_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
+    """``None``, a dtype or a name (``"bfloat16"``, ``"bf16"``, ``"float16"``, ``"fp16"``) -> dtype or ``None``.
+
+    Example:
+        >>> resolve_autocast_dtype("bf16")
+        torch.bfloat16
+    """
+    if value is None or value in (torch.bfloat16, torch.float16):
+        return value  # type: ignore[return-value]
+    if isinstance(value, str) and value.lower() in _AUTOCAST_DTYPES:
+        return _AUTOCAST_DTYPES[value.lower()]
+    raise ValueError(f"autocast dtype must be None, 'bfloat16' or 'float16', got {value!r}.")
 
 
 class PairedNoiseInferer(Inferer):
@@ -21,6 +42,11 @@ class PairedNoiseInferer(Inferer):
 
     Args:
         scheduler: the MONAI noise scheduler used for training.
+        autocast_dtype: run the network under ``torch.autocast`` of the inputs' device type with this dtype
+            (``torch.bfloat16`` or ``"bfloat16"``; ``float16`` on CUDA only); ``None``: full precision. The
+            noising and the loss stay in float32, and no ``GradScaler`` is needed for bfloat16.
+        check_finite: passed to the network (``PairedDiffusionModel.forward``) when ``False``, to skip its
+            NaN/Inf check (a host sync on a GPU) where the data was validated where it entered.
 
     Example:
         >>> import torch
@@ -33,11 +59,15 @@ class PairedNoiseInferer(Inferer):
         (['ct', 'pet'], (2, 1, 8, 8))
     """
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(
+        self, scheduler: Scheduler, autocast_dtype: torch.dtype | str | None = None, check_finite: bool = True
+    ) -> None:
         super().__init__()
         if not hasattr(scheduler, "add_noise"):
             raise ValueError(f"scheduler must be a MONAI noise Scheduler, got {type(scheduler).__name__}.")
         self.scheduler = scheduler
+        self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)
+        self.check_finite = bool(check_finite)
 
     def __call__(  # type: ignore[override]
         self,
@@ -62,7 +92,13 @@ class PairedNoiseInferer(Inferer):
             m: self.scheduler.add_noise(original_samples=x, noise=noise[m], timesteps=timesteps)
             for m, x in inputs.items()
         }
-        prediction = network(noisy, timesteps)
+        extra = {} if self.check_finite else {"check_finite": False}
+        if self.autocast_dtype is None:
+            prediction = network(noisy, timesteps, **extra)
+        else:
+            device_type = next(iter(noisy.values())).device.type
+            with torch.autocast(device_type=device_type, dtype=self.autocast_dtype):
+                prediction = network(noisy, timesteps, **extra)
         if not isinstance(prediction, Mapping):
             raise ValueError(
                 f"the network must return a dict {{modality: tensor}}, got {type(prediction).__name__}."

@@ -82,7 +82,10 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         scheduler: the MONAI noise scheduler; required for ``"v_prediction"``.
 
     Raises (when called): ``KeyError`` naming a missing modality; ``ValueError`` naming the modalities and
-    shapes when spatial shapes or batch sizes differ, or the modality holding NaN/Inf.
+    shapes when spatial shapes or batch sizes differ, or the modality holding NaN/Inf (checked on CPU
+    batches, before they move to the device; batches already on an accelerator come from data validated where
+    it was materialised, e.g. :class:`~monai_pairsynth.engines.DeviceTripletLoader`, and are not re-checked,
+    which would cost a host sync every iteration).
 
     Example:
         >>> import torch
@@ -193,6 +196,8 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
             listing = ", ".join(f"{m} {s}" for m, s in shapes.items())
             raise ValueError(f"modalities differ in batch size or spatial shape: {listing}.")
         for m, x in images.items():
+            if x.device.type != "cpu":
+                continue  # on-device data is validated once where it is materialised: no host sync per step
             if not bool(torch.isfinite(x).all()):
                 what = "NaN" if bool(torch.isnan(x).any()) else "Inf"
                 raise ValueError(f"modality {m!r} contains {what} values (batch shape {tuple(x.shape)}).")

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import EMAHandler
 from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler
 from monai.networks.schedulers import DDPMScheduler
@@ -37,6 +37,7 @@ from monai_pairsynth.losses import PairedDiffusionLoss, PerceptualMode
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 
 from .clip_grad_norm_handler import ClipGradNormHandler
+from .foreach_ema_handler import ForeachEMAHandler
 from .loss_components_handler import LossComponentsHandler, paired_loss_output_transform
 from .paired_checkpoint import (
     PairedCheckpointSaver,
@@ -50,7 +51,7 @@ from .paired_prepare_batch import PairedDiffusionPrepareBatch
 from .param_groups import create_paired_optimizer
 from .perceptual_warmup import PerceptualWarmup
 
-__all__ = ["STATS_LOGGER_NAME", "PairedTrainingParts", "create_paired_trainer"]
+__all__ = ["STATS_LOGGER_NAME", "PairedTrainingParts", "create_paired_trainer", "skip_redundant_train_calls"]
 
 #: logger used by the trainer's StatsHandler.
 STATS_LOGGER_NAME = "monai_pairsynth.train"
@@ -73,7 +74,7 @@ class PairedTrainingParts:
     loss_components: LossComponentsHandler
     perceptual_warmup: PerceptualWarmup | None = None
     grad_clipping: ClipGradNormHandler | None = None
-    ema_handler: EMAHandler | None = None
+    ema_handler: ForeachEMAHandler | None = None
     checkpoint_saver: PairedCheckpointSaver | None = None
     data_generator: torch.Generator | None = None
 
@@ -129,6 +130,36 @@ class EpochTimeLimit:
             engine.terminate()
 
 
+def skip_redundant_train_calls(model: nn.Module) -> nn.Module:
+    """Make ``model.train()`` return at once when the model is already in training mode.
+
+    MONAI's ``SupervisedTrainer`` calls ``network.train()`` at every iteration (a Python walk over every
+    submodule: milliseconds for the linked model, a visible share of a small iteration). This instance-level
+    ``train`` remembers the mode it set last and skips the walk when asked for the same mode again;
+    ``eval()``/``train(False)`` and any mode change go through ``nn.Module.train`` as before. Caveat: a
+    submodule switched to eval directly (``model.denoisers["ct"].eval()``) is not noticed; call
+    ``model.train(False)`` then ``model.train()`` to reset. Returns ``model``.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Dropout())
+        >>> _ = skip_redundant_train_calls(net).train()
+        >>> net.eval().training, net[0].training, net.train()[0].training
+        (False, False, True)
+    """
+    if "train" not in vars(model):
+        model.train = types.MethodType(_train_unless_already, model)  # type: ignore[method-assign]
+    return model
+
+
+def _train_unless_already(self: nn.Module, mode: bool = True) -> nn.Module:
+    mode = bool(mode)
+    if vars(self).get("_last_train_mode") is mode and self.training is mode:
+        return self
+    type(self).train(self, mode)
+    self._last_train_mode = mode
+    return self
+
+
 def create_paired_trainer(
     model: nn.Module,
     train_data_loader: Iterable,
@@ -147,9 +178,13 @@ def create_paired_trainer(
     perceptual_mode: PerceptualMode | str = PerceptualMode.CROSS_MODAL,
     feature_network: nn.Module | None = None,
     feature_weights_path: str | os.PathLike | None = None,
+    snr_gamma: float | None = None,
+    foreground_weight: Mapping[str, float] | None = None,
     amp: bool = False,
     amp_kwargs: Mapping[str, Any] | None = None,
     grad_clip_norm: float | None = 1.0,
+    grad_clip_per_modality: bool = True,
+    autocast_dtype: torch.dtype | str | None = None,
     ema_momentum: float | None = 1e-3,
     ema_warmup_iters: int | None = 200,
     ema_momentum_warmup: float = 0.1,
@@ -189,9 +224,17 @@ def create_paired_trainer(
         perceptual_mode: ``"cross_modal"`` (paper) or ``"reconstruction"``.
         feature_network: feature network of the perceptual term (default: frozen ``RandomConvFeatures``).
         feature_weights_path: local state-dict file for the feature network.
+        snr_gamma: Min-SNR-gamma weighting of the prediction MSE (``PairedDiffusionLoss``); ``None``: off.
+        foreground_weight: ``{modality: w}`` weight of foreground pixels (clean value > 0) in that modality's
+            MSE, e.g. ``{"label": 4.0}``; ``None``: off.
         amp: mixed precision (CUDA only): autocast + ``GradScaler`` of ``SupervisedTrainer``.
         amp_kwargs: arguments of ``torch.autocast`` (e.g. ``{"dtype": torch.bfloat16}``).
-        grad_clip_norm: clip the global gradient norm to this value; ``None`` disables clipping.
+        grad_clip_norm: clip gradient norms to this value; ``None`` disables clipping.
+        grad_clip_per_modality: clip each denoiser's gradient norm on its own (a spike in one modality does not
+            throttle the others); ``False``: one global norm over all denoisers.
+        autocast_dtype: run the network forward under ``torch.autocast`` with this dtype on the training
+            device, CPU included (``"bfloat16"``; no ``GradScaler``); ``None`` (default) full precision. See
+            ``benchmarks/training_iteration.py`` for whether it pays on a given machine.
         ema_momentum: EMA update momentum (``ema = (1 - m) ema + m w`` per iteration); ``None`` disables EMA.
         ema_warmup_iters: iterations over which the momentum goes linearly from ``ema_momentum_warmup``
             down to ``ema_momentum`` (so a young EMA follows the model); ``None`` disables the warm-up.
@@ -261,7 +304,9 @@ def create_paired_trainer(
         prediction_type=sched_cfg["prediction_type"],
         scheduler=scheduler,
     )
-    inferer = PairedNoiseInferer(scheduler)
+    # the data is validated where it enters (prepare_batch on CPU batches, DeviceTripletLoader once), so the
+    # model's own NaN/Inf check, a host sync on a GPU, is off in training
+    inferer = PairedNoiseInferer(scheduler, autocast_dtype=autocast_dtype, check_finite=False)
     if loss_function is None:
         loss_function = PairedDiffusionLoss(
             scheduler,
@@ -270,6 +315,8 @@ def create_paired_trainer(
             feature_network=feature_network,
             feature_weights_path=feature_weights_path,
             spatial_dims=int(getattr(model, "spatial_dims", 2)),
+            snr_gamma=snr_gamma,
+            foreground_weight=foreground_weight,
         )
     loss_function = loss_function.to(device)
     if optimizer is None:
@@ -283,7 +330,11 @@ def create_paired_trainer(
     if perceptual_weight and float(perceptual_weight) > 0:
         warmup = PerceptualWarmup(perceptual_start_epoch, perceptual_weight, loss_function)
         handlers.append(warmup)
-    clipping = ClipGradNormHandler(grad_clip_norm) if grad_clip_norm is not None else None
+    clipping = (
+        ClipGradNormHandler(grad_clip_norm, per_group=grad_clip_per_modality)
+        if grad_clip_norm is not None
+        else None
+    )
     if clipping is not None:
         handlers.append(clipping)
     ema_handler = None
@@ -293,7 +344,7 @@ def create_paired_trainer(
             if ema_warmup_iters is None
             else {"momentum_warmup": ema_momentum_warmup, "warmup_iters": ema_warmup_iters}
         )
-        ema_handler = EMAHandler(model, momentum=ema_momentum, **warm)
+        ema_handler = ForeachEMAHandler(model, momentum=ema_momentum, **warm)
     saver = None
     if output_dir is not None:
         saver = PairedCheckpointSaver(
@@ -357,6 +408,12 @@ def create_paired_trainer(
     )
     if max_minutes is not None:
         EpochTimeLimit(float(max_minutes) * 60.0).attach(trainer)
+    if hasattr(train_data_loader, "set_epoch") and not isinstance(
+        train_data_loader, torch.utils.data.DataLoader
+    ):
+        # e.g. DeviceTripletLoader: its order and augmentation are functions of (seed, epoch), so resume is exact
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_data_loader.set_epoch(e.state.epoch))
+    skip_redundant_train_calls(model)
     if ema_handler is not None:
         ema_handler.attach(trainer, name="ema_momentum")
     if saver is not None:
@@ -391,8 +448,12 @@ def create_paired_trainer(
                 f"resume_from {str(resume_from)!r} was trained with noise scheduler {saved_sched}, "
                 f"this trainer uses {sched_cfg}."
             )
+        kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
         restore_paired_training(
             trainer, ckpt, ema_handler=ema_handler, prepare_batch=prepare_batch, data_generator=data_generator
         )
+        # load_state_dict restores the saved groups' options, kernel choice included: keep this run's choice
+        for group, kernel in zip(optimizer.param_groups, kernels):
+            group.update(kernel)
         logger.info("resumed from %s at epoch %d", resume_from, trainer.state.epoch)
     return trainer

@@ -329,7 +329,7 @@ def train_paired_diffusion(
     step_times: list[tuple[float, float]] = []  # (wall, process CPU) seconds per iteration
     tic: list[float] = [0.0, 0.0]
 
-    @trainer.on(Events.ITERATION_STARTED)
+    @trainer.on(Events.GET_BATCH_STARTED)  # the step time covers the batch fetch too
     def _tic(engine: Any) -> None:
         tic[:] = [time.perf_counter(), time.process_time()]
 

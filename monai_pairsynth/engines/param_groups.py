@@ -98,8 +98,13 @@ def create_paired_optimizer(
     weight_decay: float | Mapping[str, float] = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over :func:`paired_param_groups` (per-modality lr and weight decay).
+
+    ``fused=None`` picks torch's fused kernel (one kernel for all parameters of a device, instead of about a
+    dozen per tensor) when every parameter is on a CPU or CUDA device and floating point, else the
+    multi-tensor (``foreach``) implementation; ``True`` / ``False`` force it on / off (off: ``foreach``).
 
     Example:
         >>> from torch import nn
@@ -109,4 +114,9 @@ def create_paired_optimizer(
         >>> [g["lr"] for g in opt.param_groups]
         [0.001, 0.0005]
     """
-    return torch.optim.AdamW(paired_param_groups(model, lr, weight_decay), betas=betas, eps=eps)
+    groups = paired_param_groups(model, lr, weight_decay)
+    if fused is None:
+        params = [p for g in groups for p in g["params"]]
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    kind = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(groups, betas=betas, eps=eps, **kind)

@@ -173,6 +173,13 @@ class PairedDiffusionLoss(nn.Module):
         spatial_dims: 2 or 3, for the default feature network.
         feature_seed: seed of the default random feature network.
         clip_original: clip the x0 estimates to [-1, 1] before extracting features (the diffusion range).
+        snr_gamma: Min-SNR-gamma loss weighting (Hang et al. 2023): each sample's prediction MSE is weighted by
+            ``min(SNR_t, gamma) / SNR_t`` (epsilon), ``min(SNR_t, gamma) / (SNR_t + 1)`` (v-prediction) or
+            ``min(SNR_t, gamma)`` (sample), with ``SNR_t = abar_t / (1 - abar_t)``; the paper's gamma is 5.
+            ``None`` (default): unweighted MSE. Needs the scheduler and the structured target (timesteps).
+        foreground_weight: ``{modality: w}``: pixels where that modality's clean image is > 0 (the tumour of a
+            mask in [-1, 1]) count ``w`` times in its MSE (w >= 1), so a lesion of a few pixels is not drowned by
+            the background. Needs the structured target (x0). Default: none.
 
     Example:
         >>> import torch
@@ -196,8 +203,25 @@ class PairedDiffusionLoss(nn.Module):
         spatial_dims: int = 2,
         feature_seed: int = 0,
         clip_original: bool = True,
+        snr_gamma: float | None = None,
+        foreground_weight: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
+        if snr_gamma is not None:
+            if isinstance(snr_gamma, bool) or not math.isfinite(float(snr_gamma)) or float(snr_gamma) <= 0:
+                raise ValueError(f"snr_gamma must be a finite number > 0 or None, got {snr_gamma!r}.")
+            if scheduler is None:
+                raise ValueError(
+                    "snr_gamma needs the noise scheduler (scheduler=...) for the SNR of each timestep."
+                )
+            snr_gamma = float(snr_gamma)
+        fg: dict[str, float] = {}
+        for name, w in dict(foreground_weight or {}).items():
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 1:
+                raise ValueError(f"foreground_weight[{name!r}] must be a finite number >= 1, got {w!r}.")
+            fg[str(name)] = float(w)
+        self.snr_gamma = snr_gamma
+        self.foreground_weight = fg
         if prediction_type is None:
             prediction_type = getattr(scheduler, "prediction_type", DDPMPredictionType.EPSILON)
         allowed = [p.value for p in DDPMPredictionType]
@@ -280,6 +304,17 @@ class PairedDiffusionLoss(nn.Module):
         missing = [m for m in modalities if m not in model_output]
         if missing:
             raise KeyError(f"model_output lacks modalities {missing}; it has {sorted(model_output)}.")
+        if (self.snr_gamma is not None or self.foreground_weight) and not structured:
+            raise ValueError(
+                "snr_gamma and foreground_weight need the structured target of make_paired_target "
+                f"(x0, noise, timesteps); got a plain dict with keys {sorted(target)}."
+            )
+        unknown = sorted(set(self.foreground_weight) - set(modalities))
+        if unknown:
+            raise KeyError(
+                f"foreground_weight names modalities {unknown} that the target lacks; it has {modalities}."
+            )
+        sample_weight = self._snr_weight(target["timesteps"]) if self.snr_gamma is not None else None
         comps: dict[str, torch.Tensor] = {}
         mse_total = None
         for m in modalities:
@@ -288,7 +323,17 @@ class PairedDiffusionLoss(nn.Module):
                 raise ValueError(
                     f"prediction and target of modality {m!r} differ in shape: {tuple(pred.shape)} vs {tuple(tgt.shape)}."
                 )
-            mse = F.mse_loss(pred.float(), tgt.float())
+            if sample_weight is None and m not in self.foreground_weight:
+                mse = F.mse_loss(pred.float(), tgt.float())
+            else:
+                err = (pred.float() - tgt.float()).pow(2)
+                if m in self.foreground_weight:
+                    fg = target["original"][m].float() > 0
+                    err = err * (1.0 + (self.foreground_weight[m] - 1.0) * fg)
+                per_sample = err.flatten(1).mean(1)
+                if sample_weight is not None:
+                    per_sample = per_sample * sample_weight.to(per_sample.device)
+                mse = per_sample.mean()
             comps[f"mse_{m}"] = mse.detach()
             mse_total = mse if mse_total is None else mse_total + mse
         assert mse_total is not None
@@ -311,6 +356,20 @@ class PairedDiffusionLoss(nn.Module):
         comps["loss"] = total.detach()
         self.last_components = comps
         return total
+
+    def _snr_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` Min-SNR-gamma weights of the prediction MSE at ``timesteps`` (see ``snr_gamma``)."""
+        assert self.scheduler is not None and self.snr_gamma is not None
+        abar = self.scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)[
+            timesteps.long()
+        ]
+        snr = abar / (1.0 - abar).clamp_min(1e-12)
+        clipped = snr.clamp(max=self.snr_gamma)
+        if self.prediction_type == DDPMPredictionType.V_PREDICTION:
+            return clipped / (snr + 1.0)
+        if self.prediction_type == DDPMPredictionType.SAMPLE:
+            return clipped
+        return clipped / snr.clamp_min(1e-12)
 
     def _perceptual(
         self, model_output: Mapping[str, torch.Tensor], target: Mapping, modalities: list[str]

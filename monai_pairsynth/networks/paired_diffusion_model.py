@@ -173,17 +173,21 @@ class PairedDiffusionModel(nn.Module):
             raise KeyError(f"unknown modality '{name}'; the model has {list(self._modalities)}.")
         return self.denoisers[name]  # type: ignore[return-value]
 
-    def validate_inputs(self, noisy: Mapping[str, torch.Tensor], timesteps: torch.Tensor) -> None:
+    def validate_inputs(
+        self, noisy: Mapping[str, torch.Tensor], timesteps: torch.Tensor, check_finite: bool = True
+    ) -> None:
         """Raise a ``ValueError`` naming the modality, shape or value if ``forward`` cannot take the inputs.
 
         Checks: every modality present and no unknown one; each a tensor ``(B, in_channels, *spatial)`` with
         ``spatial_dims`` spatial dimensions; all modalities of one shape; every spatial size divisible by
-        ``2 ** (len(channels) - 1)``; no NaN or Inf; ``timesteps`` a 0-d tensor or a 1-d tensor of length 1
-        or ``B``.
+        ``2 ** (len(channels) - 1)``; no NaN or Inf (unless ``check_finite=False``); ``timesteps`` a 0-d
+        tensor or a 1-d tensor of length 1 or ``B``.
 
         Args:
             noisy: ``{modality: (B, C, H, W[, D])}``.
             timesteps: ``(B,)``, ``(1,)`` or scalar tensor.
+            check_finite: look for NaN/Inf (one host synchronisation on a GPU); the training engine turns it
+                off because it validates its data where it enters (on the CPU, or once when materialised).
         """
         if not isinstance(noisy, Mapping):
             raise ValueError(f"noisy must be a dict {{modality: tensor}}, got {type(noisy).__name__}.")
@@ -221,8 +225,8 @@ class PairedDiffusionModel(nn.Module):
                 f"size(s) {bad} are not."
             )
         # one device synchronisation for all modalities; look for the culprit only when something is wrong
-        finite = torch.stack([torch.isfinite(noisy[m]).all() for m in expected])
-        if not bool(finite.all()):
+        finite = torch.stack([torch.isfinite(noisy[m]).all() for m in expected]) if check_finite else None
+        if finite is not None and not bool(finite.all()):
             bad_modalities = [m for m, ok in zip(expected, finite.tolist()) if not ok]
             raise ValueError(f"modality {bad_modalities} contains NaN or Inf values (shape {shape}).")
         if not isinstance(timesteps, torch.Tensor):
@@ -234,17 +238,20 @@ class PairedDiffusionModel(nn.Module):
                 f"got shape {tuple(timesteps.shape)}."
             )
 
-    def forward(self, noisy: Mapping[str, torch.Tensor], timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, noisy: Mapping[str, torch.Tensor], timesteps: torch.Tensor, check_finite: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Run every denoiser on its own noisy image, conditioned on all the others.
 
         Args:
             noisy: ``{modality: (B, in_channels, H, W[, D])}`` for every modality, all at timestep ``timesteps``.
             timesteps: ``(B,)`` (or ``(1,)`` / scalar, shared by the batch).
+            check_finite: reject NaN/Inf inputs (see :meth:`validate_inputs`).
 
         Returns:
             ``{modality: prediction}``, each of the input's shape.
         """
-        self.validate_inputs(noisy, timesteps)
+        self.validate_inputs(noisy, timesteps, check_finite=check_finite)
         inputs = {
             m: noisy[m].as_tensor() if isinstance(noisy[m], MetaTensor) else noisy[m]
             for m in self._modalities

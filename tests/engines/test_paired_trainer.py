@@ -267,23 +267,38 @@ def test_resume_into_other_configuration_fails(tmp_path):
         tiny_trainer(tiny_model(channels=(4, 8)), max_epochs=2, resume_from=path)
 
 
-def test_gradient_clipping_bounds_the_grad_norm():
+@pytest.mark.parametrize("per_modality", [True, False])
+def test_gradient_clipping_bounds_the_grad_norm(per_modality):
     max_norm = 1e-3
-    trainer = tiny_trainer(grad_clip_norm=max_norm, lr=0.0)
-    norms = []
+    trainer = tiny_trainer(grad_clip_norm=max_norm, lr=0.0, grad_clip_per_modality=per_modality)
+    seen = []
 
-    def total_norm(engine):
-        grads = [p.grad.flatten() for p in engine.network.parameters() if p.grad is not None]
-        norms.append((float(torch.cat(grads).norm()), engine.state.grad_norm))
+    def norms_after(engine):
+        per = {
+            m: float(torch.cat([p.grad.flatten() for p in d.parameters() if p.grad is not None]).norm())
+            for m, d in engine.network.denoisers.items()
+        }
+        total = float(torch.tensor(list(per.values())).norm())
+        seen.append((per, total, engine.state.grad_norm, engine.state.grad_norms))
 
     trainer.add_event_handler(
-        IterationEvents.BACKWARD_COMPLETED, total_norm
+        IterationEvents.BACKWARD_COMPLETED, norms_after
     )  # runs after the clipping handler
     trainer.run()
-    assert len(norms) == 2
-    for after, before in norms:
-        assert before > 10 * max_norm  # the raw gradient was well above the bound ...
-        assert after <= max_norm * (1 + 1e-4)  # ... and is clipped to it
+    assert len(seen) == 2
+    for per, total, before, before_groups in seen:
+        assert isinstance(before, torch.Tensor)  # stays on the device: no host sync per iteration
+        assert float(before) > 10 * max_norm  # the raw gradient was well above the bound ...
+        if per_modality:
+            assert sorted(before_groups) == sorted(per)
+            for m, after in per.items():  # ... and each denoiser is clipped to it on its own
+                assert after <= max_norm * (1 + 1e-4), m
+                assert after >= max_norm * (1 - 1e-3) or float(before_groups[m]) <= max_norm
+            assert total > max_norm * 1.5  # three groups each at the bound: the global norm is not
+            groups = torch.stack([before_groups[m] for m in per])
+            assert torch.allclose(before, groups.norm())
+        else:
+            assert total <= max_norm * (1 + 1e-4)  # one global bound
     assert isinstance(trainer.paired.grad_clipping, ClipGradNormHandler)
 
 

@@ -166,3 +166,63 @@ def test_default_feature_network_is_3d_when_asked():
     target = _structured(("ct", "pet"), shape=(1, 1, 8, 8, 8), t=10)
     loss = loss_fn({m: torch.zeros_like(v) for m, v in target["target"].items()}, target)
     assert loss.ndim == 0 and float(loss_fn.last_components["perceptual"]) > 0
+
+
+# ---- Min-SNR-gamma weighting and foreground weight ----
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_gamma_weights_each_sample_by_its_snr(prediction_type):
+    sched = DDPMScheduler(num_train_timesteps=1000, schedule="cosine", prediction_type=prediction_type)
+    target = _structured(("ct", "pet"), shape=(4, 1, 8, 8), seed=3)
+    target["timesteps"] = torch.tensor([0, 10, 500, 999])
+    g = torch.Generator().manual_seed(4)
+    pred = {m: torch.randn(4, 1, 8, 8, generator=g) for m in ("ct", "pet")}
+    loss_fn = PairedDiffusionLoss(sched, snr_gamma=5.0)
+    loss = loss_fn(pred, target)
+    abar = sched.alphas_cumprod[target["timesteps"]].double()
+    snr = abar / (1 - abar)
+    base = {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[prediction_type]
+    w = torch.minimum(snr, torch.full_like(snr, 5.0)) / base
+    hand = sum(
+        (((pred[m] - target["target"][m]) ** 2).flatten(1).mean(1).double() * w).mean() for m in ("ct", "pet")
+    )
+    assert torch.allclose(loss.double(), hand, rtol=1e-5)
+    plain = PairedDiffusionLoss(sched)(pred, target)
+    assert not torch.allclose(loss, plain)  # the weighting does something
+
+
+def test_foreground_weight_counts_foreground_pixels_w_times():
+    original = {"label": -torch.ones(1, 1, 4, 4), "ct": torch.zeros(1, 1, 4, 4)}
+    original["label"][..., 0, :2] = 1.0  # 2 of 16 pixels foreground
+    err = {"label": torch.ones(1, 1, 4, 4), "ct": torch.ones(1, 1, 4, 4)}
+    zeros = {m: torch.zeros(1, 1, 4, 4) for m in original}
+    target = make_paired_target(err, original, zeros, torch.tensor([5]))
+    loss_fn = PairedDiffusionLoss(foreground_weight={"label": 4.0})
+    loss_fn(zeros, target)
+    assert float(loss_fn.last_components["mse_label"]) == pytest.approx((14 + 2 * 4) / 16)
+    assert float(loss_fn.last_components["mse_ct"]) == pytest.approx(1.0)  # unweighted modality
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"snr_gamma": 0.0}, "snr_gamma"),
+        ({"snr_gamma": float("nan")}, "snr_gamma"),
+        ({"foreground_weight": {"label": 0.5}}, "foreground_weight\\['label'\\]"),
+    ],
+)
+def test_weighting_options_are_validated(kwargs, match):
+    sched = DDPMScheduler(num_train_timesteps=10)
+    with pytest.raises(ValueError, match=match):
+        PairedDiffusionLoss(sched, **kwargs)
+
+
+def test_weighting_needs_structured_target_and_scheduler():
+    with pytest.raises(ValueError, match="needs the noise scheduler"):
+        PairedDiffusionLoss(snr_gamma=5.0)
+    loss_fn = PairedDiffusionLoss(foreground_weight={"label": 2.0})
+    plain = {"label": torch.zeros(1, 1, 2, 2)}
+    with pytest.raises(ValueError, match="structured target"):
+        loss_fn(plain, plain)
+    target = _structured(("ct",), shape=(1, 1, 2, 2))
+    with pytest.raises(KeyError, match="label"):
+        loss_fn({"ct": torch.zeros(1, 1, 2, 2)}, target)

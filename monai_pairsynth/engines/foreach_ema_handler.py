@@ -1,0 +1,73 @@
+"""ignite's ``EMAHandler`` with the update done by a few fused ``torch._foreach`` kernels instead of two per tensor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from ignite.engine import Engine
+from ignite.handlers import EMAHandler
+
+__all__ = ["ForeachEMAHandler"]
+
+
+class ForeachEMAHandler(EMAHandler):
+    """Drop-in ``ignite.handlers.EMAHandler`` whose update is one ``torch._foreach_lerp_`` over cached lists.
+
+    ignite updates the EMA with a ``mul_`` and an ``add_`` per parameter tensor (two kernel launches each:
+    about 2,800 small ops per iteration for the linked model); here the parameter lists are gathered once and
+    ``ema = lerp(ema, online, momentum)`` (``= (1 - momentum) ema + momentum online``, ignite's formula) runs as
+    one multi-tensor kernel per device and dtype. The momentum warm-up, ``attach``, ``ema_model`` and
+    ``momentum_scheduler`` are ignite's, so checkpoints and resume work unchanged. Buffers follow
+    ``handle_buffers`` as in ignite (``"copy"`` copies values in place). The tensor lists are gathered at the
+    first update; ``load_state_dict`` (in place) keeps them valid, replacing parameter objects needs
+    :meth:`refresh`.
+
+    Example:
+        >>> import torch
+        >>> from ignite.engine import Engine
+        >>> net = torch.nn.Linear(2, 1)
+        >>> ema = ForeachEMAHandler(net, momentum=0.5)
+        >>> engine = Engine(lambda e, b: torch.nn.init.constant_(net.weight, 1.0))
+        >>> ema.attach(engine)
+        >>> with torch.no_grad():
+        ...     _ = ema.ema_model.weight.fill_(0.0)
+        >>> _ = engine.run([0], max_epochs=1)
+        >>> ema.ema_model.weight.tolist()
+        [[0.5, 0.5]]
+    """
+
+    def __init__(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        super().__init__(model, *args, **kwargs)
+        self._cache: tuple[list[torch.Tensor], ...] | None = None
+
+    def refresh(self) -> None:
+        """Re-gather the tensor lists (only needed after replacing, not loading, the model's parameters)."""
+        self._cache = None
+
+    def _lists(self) -> tuple[list[torch.Tensor], ...]:
+        # walking the module tree costs ~20 ms for the linked model: gather once
+        if self._cache is None:
+            ema = [p.data for p in self.ema_model.parameters()]
+            online = [p.data for p in self.model.parameters()]
+            if len(ema) != len(online):
+                raise ValueError(
+                    f"the EMA model has {len(ema)} parameter tensors and the model {len(online)}; they must match."
+                )
+            ema_b, online_b = list(self.ema_model.buffers()), list(self.model.buffers())
+            self._cache = (ema, online, ema_b, online_b)
+        return self._cache
+
+    @torch.no_grad()
+    def _update_ema_model(self, engine: Engine, name: str) -> None:
+        momentum = float(getattr(engine.state, name))
+        ema, online, ema_buffers, online_buffers = self._lists()
+        if ema:
+            torch._foreach_lerp_(ema, online, momentum)
+        if self.handle_buffers == "ema_train":
+            return
+        for ema_b, model_b in zip(ema_buffers, online_buffers):
+            if self.handle_buffers == "update" and ema_b.is_floating_point():
+                ema_b.lerp_(model_b.data, momentum)
+            else:
+                ema_b.copy_(model_b.data)
