@@ -45,6 +45,9 @@ class PairedNoiseInferer(Inferer):
         autocast_dtype: run the network under ``torch.autocast`` of the inputs' device type with this dtype
             (``torch.bfloat16`` or ``"bfloat16"``; ``float16`` on CUDA only); ``None``: full precision. The
             noising and the loss stay in float32, and no ``GradScaler`` is needed for bfloat16.
+        compile_network: run the network through ``torch.compile`` (compiled once, at the first call, for the
+            network it is called with; opt-in: compilation takes a while and needs a C++ compiler on the CPU).
+            The trainer's ``network`` stays the original module, so checkpoints and EMA are unaffected.
         check_finite: passed to the network (``PairedDiffusionModel.forward``) when ``False``, to skip its
             NaN/Inf check (a host sync on a GPU) where the data was validated where it entered.
 
@@ -60,7 +63,11 @@ class PairedNoiseInferer(Inferer):
     """
 
     def __init__(
-        self, scheduler: Scheduler, autocast_dtype: torch.dtype | str | None = None, check_finite: bool = True
+        self,
+        scheduler: Scheduler,
+        autocast_dtype: torch.dtype | str | None = None,
+        check_finite: bool = True,
+        compile_network: bool = False,
     ) -> None:
         super().__init__()
         if not hasattr(scheduler, "add_noise"):
@@ -68,6 +75,8 @@ class PairedNoiseInferer(Inferer):
         self.scheduler = scheduler
         self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)
         self.check_finite = bool(check_finite)
+        self.compile_network = bool(compile_network)
+        self._compiled: tuple[int, Callable] | None = None
 
     def __call__(  # type: ignore[override]
         self,
@@ -93,6 +102,10 @@ class PairedNoiseInferer(Inferer):
             for m, x in inputs.items()
         }
         extra = {} if self.check_finite else {"check_finite": False}
+        if self.compile_network:
+            if self._compiled is None or self._compiled[0] != id(network):
+                self._compiled = (id(network), torch.compile(network, dynamic=False))
+            network = self._compiled[1]
         if self.autocast_dtype is None:
             prediction = network(noisy, timesteps, **extra)
         else:

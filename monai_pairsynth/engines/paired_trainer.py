@@ -185,6 +185,7 @@ def create_paired_trainer(
     grad_clip_norm: float | None = 1.0,
     grad_clip_per_modality: bool = True,
     autocast_dtype: torch.dtype | str | None = None,
+    compile_network: bool = False,
     ema_momentum: float | None = 1e-3,
     ema_warmup_iters: int | None = 200,
     ema_momentum_warmup: float = 0.1,
@@ -235,6 +236,9 @@ def create_paired_trainer(
         autocast_dtype: run the network forward under ``torch.autocast`` with this dtype on the training
             device, CPU included (``"bfloat16"``; no ``GradScaler``); ``None`` (default) full precision. See
             ``benchmarks/training_iteration.py`` for whether it pays on a given machine.
+        compile_network: opt-in ``torch.compile`` of the linked model's training forward (see
+            :class:`PairedNoiseInferer`); worth it on a GPU, where a small model's step is bound by kernel
+            launches (``benchmarks/training_throughput.py``).
         ema_momentum: EMA update momentum (``ema = (1 - m) ema + m w`` per iteration); ``None`` disables EMA.
         ema_warmup_iters: iterations over which the momentum goes linearly from ``ema_momentum_warmup``
             down to ``ema_momentum`` (so a young EMA follows the model); ``None`` disables the warm-up.
@@ -306,7 +310,9 @@ def create_paired_trainer(
     )
     # the data is validated where it enters (prepare_batch on CPU batches, DeviceTripletLoader once), so the
     # model's own NaN/Inf check, a host sync on a GPU, is off in training
-    inferer = PairedNoiseInferer(scheduler, autocast_dtype=autocast_dtype, check_finite=False)
+    inferer = PairedNoiseInferer(
+        scheduler, autocast_dtype=autocast_dtype, check_finite=False, compile_network=compile_network
+    )
     if loss_function is None:
         loss_function = PairedDiffusionLoss(
             scheduler,

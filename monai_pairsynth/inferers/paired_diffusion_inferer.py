@@ -37,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+from monai_pairsynth.schedulers import StridedDDIMScheduler, StridedDDPMScheduler
 
 __all__ = ["AmpDtype", "PairedDiffusionInferer"]
 
@@ -557,7 +558,10 @@ class PairedDiffusionInferer(Inferer):
             sample = {m: noise[m].clone() for m in modalities}
         free = [m for m in modalities if m not in known_b]
 
-        if per_sample_steps:
+        # the strided DDPM steps the whole batch at once, sample i drawing its noise from gens[i] (the same
+        # draws as a per-sample loop); other stochastic schedulers step sample by sample
+        batched_generators = per_sample_steps and isinstance(proto, StridedDDPMScheduler)
+        if per_sample_steps and not batched_generators:
             sched = {m: [copy.deepcopy(proto) for _ in range(batch)] for m in free}
         else:
             sched = {m: [copy.deepcopy(proto)] for m in free}
@@ -571,7 +575,9 @@ class PairedDiffusionInferer(Inferer):
                 model_output = model(sample, t_batch)
             for m in free:
                 output = model_output[m].float()
-                if per_sample_steps:
+                if batched_generators:
+                    sample[m] = sched[m][0].step(output, t, sample[m], generator=gens)[0]
+                elif per_sample_steps:
                     sample[m] = torch.cat(
                         [
                             sched[m][i].step(output[i : i + 1], t, sample[m][i : i + 1], generator=gens[i])[0]
@@ -745,8 +751,6 @@ def _strided_equivalent(scheduler: Scheduler) -> Scheduler:
     (see :mod:`monai_pairsynth.schedulers.strided`). The replacement has the same options and the very same
     noise-schedule tables (copied, so custom schedules carry over); any other scheduler is returned as is.
     """
-    from monai_pairsynth.schedulers import StridedDDIMScheduler, StridedDDPMScheduler
-
     if type(scheduler) is DDPMScheduler:
         fixed: Scheduler = StridedDDPMScheduler(
             num_train_timesteps=scheduler.num_train_timesteps,

@@ -37,7 +37,7 @@ import torch
 from monai.networks.schedulers import Scheduler
 from monai.networks.schedulers.ddpm import DDPMPredictionType
 
-from .schedule_mixin import StridedScheduleMixin
+from .schedule_mixin import StridedScheduleMixin, predict_original_sample
 
 __all__ = ["DPMSolverMultistepScheduler", "TimestepSpacing"]
 
@@ -236,12 +236,9 @@ class DPMSolverMultistepScheduler(StridedScheduleMixin, Scheduler):
     ) -> torch.Tensor:
         """x_theta(x_t, t): the model output converted to a prediction of x_0 (then thresholded/clipped)."""
         alpha_t, sigma_t = self._alpha_sigma(timestep)
-        if self.prediction_type == DDPMPredictionType.EPSILON:
-            pred_original_sample = (sample - sigma_t * model_output) / alpha_t
-        elif self.prediction_type == DDPMPredictionType.V_PREDICTION:
-            pred_original_sample = alpha_t * sample - sigma_t * model_output
-        else:  # DDPMPredictionType.SAMPLE
-            pred_original_sample = model_output
+        pred_original_sample = predict_original_sample(
+            self.prediction_type, model_output, sample, alpha_t, sigma_t
+        )
         if self.thresholding:
             pred_original_sample = self._threshold(pred_original_sample)
         if self.clip_sample:

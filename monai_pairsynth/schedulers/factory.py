@@ -18,7 +18,8 @@ class SamplerName(str, Enum):
     """Names accepted by :func:`make_scheduler`.
 
     ddpm: ancestral DDPM (:class:`StridedDDPMScheduler`), stochastic, needs a ``generator``.
-    ddim: DDIM (:class:`StridedDDIMScheduler`), deterministic with ``eta = 0``.
+    ddim: DDIM (:class:`StridedDDIMScheduler`), deterministic with ``eta = 0``; with ``clip_sample`` its
+        epsilon is re-derived from the clipped x_0 unless ``use_clipped_model_output=False``.
     dpmpp: DPM-Solver++(2M) (:class:`DPMSolverMultistepScheduler`), deterministic, stateful.
     """
 
@@ -49,7 +50,8 @@ def make_scheduler(
     * ``timesteps``: a strictly decreasing ``LongTensor`` in ``[0, num_train_timesteps)``;
     * ``step(model_output, timestep, sample, generator=...) -> (prev_sample, pred_original_sample)``
       (pass ``generator`` **by keyword**: DDIM's fourth positional argument is MONAI's ``eta``), moving
-      from ``timestep`` to ``previous_timestep(timestep)``, the next entry of ``timesteps``;
+      from ``timestep`` to ``previous_timestep(timestep)``, the next entry of ``timesteps``; DDPM's
+      ``step`` also takes one timestep per sample and one generator per sample, batched;
     * ``add_noise(original_samples, noise, timesteps)``, ``num_train_timesteps``, ``get_config()``.
 
     Noise-seeding protocol: after ``set_timesteps(n, strength=s)``, noise the seed sample to
@@ -63,7 +65,8 @@ def make_scheduler(
         schedule: a member of MONAI's ``NoiseSchedules`` (must match training).
         prediction_type: a ``DDPMPredictionType`` value (must match training).
         kwargs: further constructor arguments of the chosen class (e.g. ``clip_sample``,
-            ``solver_order``, schedule arguments such as ``beta_start``).
+            ``solver_order``, DDIM's ``use_clipped_model_output``, schedule arguments such as
+            ``beta_start``).
 
     Returns:
         A :class:`StridedDDPMScheduler`, :class:`StridedDDIMScheduler` or

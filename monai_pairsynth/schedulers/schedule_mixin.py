@@ -13,6 +13,10 @@ Every scheduler returned by :func:`monai_pairsynth.schedulers.make_scheduler` mi
   last sample it saw, so an fp16 ``add_noise`` call would silently degrade every later ``step``);
 * ``get_config()`` returns a ``ConfigParser``-ready dict (``_target_`` + constructor arguments).
 
+The conversions between a model output (epsilon, v or x_0 prediction) and the x_0 / epsilon estimates
+every sampler needs are the module functions :func:`predict_original_sample`, :func:`predict_noise` and
+:func:`noise_from_original_sample`, shared by all schedulers of this package.
+
 Noise-seeding protocol (the same for every scheduler here): call ``set_timesteps(n, strength=s)``, noise
 the seed sample to ``scheduler.timesteps[0]`` with ``add_noise``, then call ``step`` once for every
 entry of ``scheduler.timesteps``, in order.
@@ -29,7 +33,13 @@ import torch
 from monai.networks.schedulers import NoiseSchedules
 from monai.networks.schedulers.ddpm import DDPMPredictionType
 
-__all__ = ["StridedScheduleMixin", "num_steps_for_strength"]
+__all__ = [
+    "StridedScheduleMixin",
+    "noise_from_original_sample",
+    "num_steps_for_strength",
+    "predict_noise",
+    "predict_original_sample",
+]
 
 _ALLOWED_PREDICTION_TYPES = [p.value for p in DDPMPredictionType]
 
@@ -59,6 +69,86 @@ def num_steps_for_strength(num_inference_steps: int, strength: float) -> int:
         raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
     # 1e-9 absorbs float noise such as 10 * 0.35 == 3.4999999999999996
     return max(1, math.floor(num_inference_steps * float(strength) + 0.5 + 1e-9))
+
+
+# scale of the signal / of the noise in x_t = alpha_t x_0 + sigma_t epsilon: a Python float shared by the batch,
+# or a tensor broadcastable against the sample (one value per sample, shape (B, 1, ..., 1))
+Scale = float | torch.Tensor
+
+
+def predict_original_sample(
+    prediction_type: str, model_output: torch.Tensor, sample: torch.Tensor, alpha_t: Scale, sigma_t: Scale
+) -> torch.Tensor:
+    """The x_0 estimate implied by a model output at ``x_t = alpha_t * x_0 + sigma_t * epsilon``.
+
+    ``alpha_t = sqrt(alphas_cumprod[t])`` and ``sigma_t = sqrt(1 - alphas_cumprod[t])``. DDPM eq. (15) for
+    epsilon, ``alpha_t * x_t - sigma_t * v`` for v-prediction (Salimans & Ho 2022), the output itself for
+    ``"sample"``.
+
+    Args:
+        prediction_type: a ``DDPMPredictionType`` value (``"epsilon"``, ``"v_prediction"``, ``"sample"``).
+        model_output: the model's prediction at ``(sample, t)``.
+        sample: the noisy sample x_t.
+        alpha_t: signal scale, a float or a tensor broadcastable against ``sample``.
+        sigma_t: noise scale, likewise.
+
+    Returns:
+        The x_0 estimate (no clipping).
+
+    Example:
+        >>> import torch
+        >>> x0, eps = torch.tensor([0.5]), torch.tensor([-1.0])
+        >>> x_t = 0.6 * x0 + 0.8 * eps
+        >>> predict_original_sample("epsilon", eps, x_t, 0.6, 0.8)
+        tensor([0.5000])
+        >>> predict_original_sample("v_prediction", 0.6 * eps - 0.8 * x0, x_t, 0.6, 0.8)
+        tensor([0.5000])
+    """
+    if prediction_type == DDPMPredictionType.EPSILON:
+        return (sample - sigma_t * model_output) / alpha_t
+    if prediction_type == DDPMPredictionType.SAMPLE:
+        return model_output
+    # DDPMPredictionType.V_PREDICTION
+    return alpha_t * sample - sigma_t * model_output
+
+
+def noise_from_original_sample(
+    pred_original_sample: torch.Tensor, sample: torch.Tensor, alpha_t: Scale, sigma_t: Scale
+) -> torch.Tensor:
+    """The epsilon that explains x_t with a given x_0: ``(x_t - alpha_t * x_0) / sigma_t``.
+
+    Used to re-derive epsilon from a clipped x_0 estimate (diffusers' ``use_clipped_model_output``), and for
+    ``"sample"`` prediction. ``sigma_t`` must be non-zero (every training timestep has some noise).
+
+    Example:
+        >>> import torch
+        >>> noise_from_original_sample(torch.tensor([0.5]), torch.tensor([-0.5]), 0.6, 0.8)
+        tensor([-1.])
+    """
+    return (sample - alpha_t * pred_original_sample) / sigma_t
+
+
+def predict_noise(
+    prediction_type: str, model_output: torch.Tensor, sample: torch.Tensor, alpha_t: Scale, sigma_t: Scale
+) -> torch.Tensor:
+    """The epsilon estimate implied by a model output at ``x_t = alpha_t * x_0 + sigma_t * epsilon``.
+
+    The output itself for ``"epsilon"``, ``alpha_t * v + sigma_t * x_t`` for v-prediction,
+    :func:`noise_from_original_sample` for ``"sample"``. Arguments as in :func:`predict_original_sample`.
+
+    Example:
+        >>> import torch
+        >>> x0, eps = torch.tensor([0.5]), torch.tensor([-1.0])
+        >>> x_t = 0.6 * x0 + 0.8 * eps
+        >>> predict_noise("sample", x0, x_t, 0.6, 0.8), predict_noise("v_prediction", 0.6 * eps - 0.8 * x0, x_t, 0.6, 0.8)
+        (tensor([-1.]), tensor([-1.]))
+    """
+    if prediction_type == DDPMPredictionType.EPSILON:
+        return model_output
+    if prediction_type == DDPMPredictionType.SAMPLE:
+        return noise_from_original_sample(model_output, sample, alpha_t, sigma_t)
+    # DDPMPredictionType.V_PREDICTION
+    return alpha_t * model_output + sigma_t * sample
 
 
 class StridedScheduleMixin:
@@ -185,6 +275,22 @@ class StridedScheduleMixin:
                 f"{values[-1]}); call step() with the entries of scheduler.timesteps, in order, after set_timesteps()."
             )
         return timestep, index
+
+    def _batch_timesteps(self, timestep: int | torch.Tensor, batch_size: int) -> list[int]:
+        """Validated timesteps of a batch step: ``[t]`` when all samples share ``t``, else one per sample.
+
+        Accepts the forms of :meth:`_timestep_index` and, in addition, a 1-D tensor of ``batch_size``
+        entries of ``self.timesteps`` (one per sample); if they are all equal the result is ``[t]``.
+        """
+        if isinstance(timestep, torch.Tensor) and timestep.ndim == 1 and timestep.numel() > 1:
+            if timestep.numel() != batch_size:
+                raise ValueError(
+                    f"`timestep` must be a single timestep or one per sample, shape ({batch_size},), got a tensor "
+                    f"of shape {tuple(timestep.shape)}."
+                )
+            values = [self._timestep_index(value)[0] for value in timestep.tolist()]
+            return values[:1] if len(set(values)) == 1 else values
+        return [self._timestep_index(timestep)[0]]
 
     def previous_timestep(self, timestep: int | torch.Tensor) -> int:
         """The timestep that ``step(..., timestep, ...)`` lands on: the next entry of ``self.timesteps``.

@@ -249,3 +249,29 @@ def test_skip_redundant_train_calls_skips_the_walk_but_not_mode_changes():
     clone = copy.deepcopy(model)
     clone.eval()
     assert model.training and not clone.training  # the copy's method is bound to the copy
+
+
+# ---- torch.compile (opt-in; compiling for real takes minutes on a CPU, so the wiring is checked) ----
+def test_compile_network_compiles_once_and_keeps_the_original_network(monkeypatch):
+    compiled = []
+
+    def fake_compile(module, **kwargs):
+        compiled.append((module, kwargs))
+        return lambda *a, **k: module(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = tiny_model()
+    loader = DeviceTripletLoader.from_samples(phantom_slices(4), 2, modality_specs=MODS)
+    trainer = create_paired_trainer(
+        model,
+        loader,
+        max_epochs=1,
+        device="cpu",
+        compile_network=True,
+        stats_log=False,
+        progress_bar=False,
+        tensorboard=False,
+    )
+    trainer.run()
+    assert len(compiled) == 1 and compiled[0][0] is model and compiled[0][1] == {"dynamic": False}
+    assert trainer.network is model and trainer.state.iteration == 2

@@ -132,8 +132,16 @@ def test_step_rejects_bad_timesteps_and_shapes(name):
     sample = torch.zeros(2, 1, 4, 4)
     with pytest.raises(ValueError, match=r"`timestep` 50 is not in scheduler.timesteps \(10 entries from 99"):
         scheduler.step(sample, 50, sample)
-    with pytest.raises(ValueError, match=r"single timestep .* shape \(2,\)"):
-        scheduler.step(sample, torch.tensor([99, 99]), sample)
+    if name == "ddpm":  # DDPM also takes one timestep per sample, (B,): not (3,) for a batch of 2
+        with pytest.raises(
+            ValueError, match=r"single timestep or one per sample, shape \(2,\), got .* \(3,\)"
+        ):
+            scheduler.step(sample, torch.tensor([99, 99, 99]), sample)
+        with pytest.raises(ValueError, match=r"`timestep` 50 is not in scheduler.timesteps"):
+            scheduler.step(sample, torch.tensor([99, 50]), sample)
+    else:
+        with pytest.raises(ValueError, match=r"single timestep .* shape \(2,\)"):
+            scheduler.step(sample, torch.tensor([99, 99]), sample)
     with pytest.raises(
         ValueError, match=r"`model_output` shape \(2, 1, 4, 3\) must equal the `sample` shape"
     ):
