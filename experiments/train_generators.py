@@ -37,7 +37,15 @@ BATCH_SIZE = 16
 LEARNING_RATE = 5e-4
 EMA_MOMENTUM = 0.005
 EMA_WARMUP_ITERS = 100
-PERCEPTUAL_START_STEP = 500
+#: the objective of train_diffusion.json (chosen by benchmarks/convergence.py, docs/training.md)
+RECIPE = [
+    "--prediction-type", "v_prediction",
+    "--schedule", "cosine",
+    "--perceptual-weight", "0",
+    "--snr-gamma", "5",
+    "--foreground-weight", "label=4",
+    "--device-loader",
+]  # fmt: skip
 
 
 def train_command(
@@ -50,6 +58,7 @@ def train_command(
     max_minutes: float | None,
     threads: int,
     amp: bool | None = None,
+    autocast: str | None = None,
 ) -> list[str]:
     """The ``monai_pairsynth.engines.train`` command of one arm's generator."""
     steps_per_epoch = max(n_real // BATCH_SIZE, 1)
@@ -75,8 +84,7 @@ def train_command(
         str(EMA_MOMENTUM),
         "--ema-warmup-iters",
         str(EMA_WARMUP_ITERS),
-        "--perceptual-start-epoch",
-        str(max(PERCEPTUAL_START_STEP // steps_per_epoch, 1)),
+        *RECIPE,
         "--checkpoint-every",
         str(max(200 // steps_per_epoch, 1)),
         "--log-every",
@@ -92,6 +100,8 @@ def train_command(
         cmd += ["--max-minutes", str(max_minutes)]
     if amp is not None:
         cmd += ["--amp" if amp else "--no-amp"]
+    if autocast is not None:
+        cmd += ["--autocast", autocast]
     return cmd
 
 
@@ -106,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=0, help="parallel runs (0: all at once)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on with CUDA")
+    p.add_argument("--autocast", default=None, choices=("bfloat16",), help="bf16 autocast (no GradScaler)")
     args = p.parse_args(argv)
 
     from monai_pairsynth.engines import export_sampling_checkpoint
@@ -134,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_minutes=args.max_minutes,
                 threads=args.threads,
                 amp=args.amp,
+                autocast=args.autocast,
             )
             log = open(run_dir / "train.log", "w", encoding="utf-8")
             print(f"[{name}] {' '.join(cmd[1:])}", flush=True)

@@ -25,6 +25,7 @@ from monai_pairsynth.losses import PerceptualMode
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 from monai_pairsynth.utils import atomic_write_json
 
+from .device_triplet_loader import DeviceTripletLoader
 from .paired_data_loader import paired_data_loader
 from .paired_trainer import create_paired_trainer
 
@@ -164,7 +165,11 @@ def train_paired_diffusion(
     perceptual_start_epoch: int = 50,
     perceptual_mode: PerceptualMode | str = PerceptualMode.CROSS_MODAL,
     feature_weights_path: str | os.PathLike | None = None,
+    snr_gamma: float | None = None,
+    foreground_weight: Mapping[str, float] | None = None,
     amp: bool | None = None,
+    autocast_dtype: str | None = None,
+    device_loader: bool = False,
     grad_clip_norm: float | None = 1.0,
     ema_momentum: float | None = 1e-3,
     ema_warmup_iters: int | None = 200,
@@ -203,7 +208,15 @@ def train_paired_diffusion(
         offset_noise_scale: offset noise std.
         perceptual_weight, perceptual_start_epoch, perceptual_mode, feature_weights_path: perceptual term
             (weight 0 disables it).
-        amp: mixed precision; default on for CUDA devices.
+        snr_gamma, foreground_weight: Min-SNR-gamma and foreground-pixel weighting of the loss (see
+            :class:`~monai_pairsynth.losses.PairedDiffusionLoss`); ``None``: off.
+        amp: mixed precision (MONAI's CUDA autocast + ``GradScaler``); default on for CUDA devices unless
+            ``autocast_dtype`` is given.
+        autocast_dtype: ``"bfloat16"``: the network under bf16 autocast on any device, no ``GradScaler``
+            (see :func:`create_paired_trainer`).
+        device_loader: 2D only: materialise the training slices once on ``device`` and augment batches there
+            (:class:`~monai_pairsynth.engines.DeviceTripletLoader`) instead of a ``DataLoader`` over
+            per-sample transforms (``num_workers`` is then unused).
         grad_clip_norm: gradient-norm clip (``None``: off).
         ema_momentum, ema_warmup_iters: EMA of the weights (``None``: off).
         device: default CUDA if available else CPU.
@@ -225,7 +238,9 @@ def train_paired_diffusion(
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}.")
     output_dir = Path(output_dir)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = device.type == "cuda" if amp is None else bool(amp)
+    amp = (device.type == "cuda" and autocast_dtype is None) if amp is None else bool(amp)
+    if device_loader and spatial_dims != 2:
+        raise ValueError(f"device_loader needs 2D slices (spatial_dims=2), got spatial_dims={spatial_dims}.")
     specs = resolve_specs(modality_specs)
     modalities = tuple(specs)
     if deterministic:
@@ -252,10 +267,21 @@ def train_paired_diffusion(
         spacing=spacing,
         num_cases=num_cases,
         seed=seed,
-        augment=augment,
+        augment=augment and not device_loader,
         data_normalized=data_normalized,
     )
-    loader = paired_data_loader(dataset, batch_size=batch_size, seed=seed, num_workers=num_workers)
+    if device_loader:
+        loader: Any = DeviceTripletLoader.from_samples(
+            dataset,
+            batch_size,
+            modality_specs=specs,
+            device=device,
+            seed=seed,
+            augment=augment,
+            drop_last=False,
+        )
+    else:
+        loader = paired_data_loader(dataset, batch_size=batch_size, seed=seed, num_workers=num_workers)
     first = dataset[0]
     trained_size = [int(s) for s in first[modalities[0]].shape[1:]]
     generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -281,7 +307,11 @@ def train_paired_diffusion(
         "perceptual_start_epoch": perceptual_start_epoch,
         "perceptual_mode": PerceptualMode(perceptual_mode).value,
         "feature_weights_path": None if feature_weights_path is None else str(feature_weights_path),
+        "snr_gamma": snr_gamma,
+        "foreground_weight": None if foreground_weight is None else dict(foreground_weight),
         "amp": amp,
+        "autocast_dtype": autocast_dtype,
+        "device_loader": device_loader,
         "grad_clip_norm": grad_clip_norm,
         "ema_momentum": ema_momentum,
         "ema_warmup_iters": ema_warmup_iters,
@@ -304,7 +334,10 @@ def train_paired_diffusion(
         perceptual_start_epoch=perceptual_start_epoch,
         perceptual_mode=perceptual_mode,
         feature_weights_path=feature_weights_path,
+        snr_gamma=snr_gamma,
+        foreground_weight=foreground_weight,
         amp=amp,
+        autocast_dtype=autocast_dtype,
         grad_clip_norm=grad_clip_norm,
         ema_momentum=ema_momentum,
         ema_warmup_iters=ema_warmup_iters,
@@ -320,7 +353,7 @@ def train_paired_diffusion(
         resume_from=resume_from,
         max_minutes=max_minutes,
     )
-    if augment and num_workers == 0:
+    if augment and num_workers == 0 and not device_loader:
         # random augmentation draws per epoch from (seed, epoch), so a resumed run augments like a straight one
         @trainer.on(Events.EPOCH_STARTED)
         def _reseed_transforms(engine: Any) -> None:

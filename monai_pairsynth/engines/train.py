@@ -88,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perceptual-start-epoch", type=int, default=50)
     p.add_argument("--perceptual-mode", default="cross_modal", choices=("cross_modal", "reconstruction"))
     p.add_argument("--feature-weights", default=None, help="local state dict of a pretrained feature network")
+    p.add_argument(
+        "--snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (e.g. 5); default off"
+    )
+    p.add_argument(
+        "--foreground-weight",
+        type=_per_modality,
+        default=None,
+        help="weight of foreground pixels per modality, e.g. label=4; default off",
+    )
+    p.add_argument(
+        "--autocast", default=None, choices=("bfloat16",), help="network under bf16 autocast (any device)"
+    )
+    _bool_flag(p, "device-loader", False, "2D: slices materialised on the device, batched augmentation there")
     p.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip; <= 0 disables")
     p.add_argument("--ema-momentum", type=float, default=1e-3, help="EMA momentum; <= 0 disables")
     p.add_argument("--ema-warmup-iters", type=int, default=200)
@@ -123,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
+    if isinstance(args.foreground_weight, float):
+        print(
+            f"error: --foreground-weight needs MODALITY=WEIGHT pairs (e.g. label=4), got {args.foreground_weight}",
+            file=sys.stderr,
+        )
+        return 2
     model_kwargs = {
         "channels": tuple(args.channels),
         "attention_levels": tuple(bool(a) for a in args.attention_levels),
@@ -155,7 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             perceptual_start_epoch=args.perceptual_start_epoch,
             perceptual_mode=args.perceptual_mode,
             feature_weights_path=args.feature_weights,
+            snr_gamma=args.snr_gamma,
+            foreground_weight=args.foreground_weight,
             amp=args.amp,
+            autocast_dtype=args.autocast,
+            device_loader=args.device_loader,
             grad_clip_norm=args.grad_clip if args.grad_clip > 0 else None,
             ema_momentum=args.ema_momentum if args.ema_momentum > 0 else None,
             ema_warmup_iters=args.ema_warmup_iters,

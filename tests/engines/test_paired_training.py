@@ -206,3 +206,18 @@ def test_loss_falls_on_phantom_data():
     early, late = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert early > 2.5  # about 1 per modality at initialisation
     assert late / early < 0.6
+
+
+def test_cli_new_recipe_options_reach_the_run(tmp_path, capsys):
+    recipe = ["--prediction-type", "v_prediction", "--schedule", "cosine", "--perceptual-weight", "0",
+              "--snr-gamma", "5", "--foreground-weight", "label=4", "--device-loader", "--augment",
+              "--autocast", "bfloat16"]  # fmt: skip
+    common = [*SMALL_RUN_CLI, "--log-every", "0", "--no-progress", *recipe]
+    assert main(["--output-dir", str(tmp_path), "--epochs", "2", *common]) == 0
+    cfg = json.loads((tmp_path / "run_config.json").read_text())
+    assert cfg["snr_gamma"] == 5.0 and cfg["foreground_weight"] == {"label": 4.0}
+    assert cfg["device_loader"] is True and cfg["autocast_dtype"] == "bfloat16" and cfg["amp"] is False
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["noise_scheduler"]["prediction_type"] == "v_prediction" and ckpt["trainer"]["epoch"] == 2
+    assert main(["--output-dir", str(tmp_path / "x"), *common, "--foreground-weight", "4"]) == 2
+    assert "MODALITY=WEIGHT" in capsys.readouterr().err
