@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from monai_pairsynth.data.hecktor import DatasetError, hecktor_datalist, load_datalist_json, split_by_patient
+from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
 from monai_pairsynth.utils import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -716,8 +717,8 @@ def build_synthesis_pool(
     pool_size: int,
     *,
     filter_mode: FilterMode | str = FilterMode.POOL,
-    scheduler: str = "dpmpp",
-    num_inference_steps: int = 20,
+    scheduler: str = DEFAULT_SAMPLER,
+    num_inference_steps: int = DEFAULT_SAMPLER_STEPS,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     seed: int = 0,
@@ -829,8 +830,8 @@ def mixing_pool(
     diffusion_checkpoint: str | os.PathLike | None = None,
     pool_size: int | None = None,
     filter_mode: FilterMode | str = FilterMode.POOL,
-    scheduler: str = "dpmpp",
-    num_inference_steps: int = 20,
+    scheduler: str = DEFAULT_SAMPLER,
+    num_inference_steps: int = DEFAULT_SAMPLER_STEPS,
     batch_size: int = 16,
     segmenter_epochs: int = 30,
     mc_passes: int = 4,

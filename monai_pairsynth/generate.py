@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from monai_pairsynth.inferers import PairedDiffusionInferer
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
 
 __all__ = ["generate", "main", "modality_file_names"]
 
@@ -156,8 +157,8 @@ def generate(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
     num_samples: int,
-    scheduler: str = "dpmpp",
-    num_inference_steps: int = 20,
+    scheduler: str = DEFAULT_SAMPLER,
+    num_inference_steps: int = DEFAULT_SAMPLER_STEPS,
     seed: int = 0,
     batch_size: int = 8,
     device: str | torch.device = "cpu",
@@ -359,9 +360,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--output-dir", required=True, help="folder to create")
     parser.add_argument("--num-samples", type=int, required=True, help="number of cases")
     parser.add_argument(
-        "--scheduler", default="dpmpp", choices=["dpmpp", "ddim", "ddpm"], help="sampler (dpmpp)"
+        "--scheduler",
+        default=DEFAULT_SAMPLER,
+        choices=["dpmpp", "ddim", "ddpm"],
+        help=f"sampler ({DEFAULT_SAMPLER})",
     )
-    parser.add_argument("--num-inference-steps", type=int, default=20, help="denoising steps (20)")
+    parser.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=DEFAULT_SAMPLER_STEPS,
+        help=f"denoising steps ({DEFAULT_SAMPLER_STEPS})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--batch-size", type=int, default=8, help="triplets per batch (8)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (cpu)")

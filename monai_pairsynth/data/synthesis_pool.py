@@ -42,6 +42,7 @@ import torch
 from monai.data import MetaTensor
 
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
 from monai_pairsynth.utils import atomic_save_torch
 
 __all__ = [
@@ -1009,8 +1010,8 @@ class DiffusionPoolSource:
         self,
         inferer_or_checkpoint: Any,
         model: torch.nn.Module | None = None,
-        num_inference_steps: int = 20,
-        scheduler: str = "dpmpp",
+        num_inference_steps: int = DEFAULT_SAMPLER_STEPS,
+        scheduler: str = DEFAULT_SAMPLER,
         batch_size: int = 16,
         device: torch.device | str | None = None,
         spatial_shape: Sequence[int] | None = None,

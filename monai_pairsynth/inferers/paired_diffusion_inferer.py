@@ -37,7 +37,12 @@ from torch import nn
 from tqdm import tqdm
 
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
-from monai_pairsynth.schedulers import StridedDDIMScheduler, StridedDDPMScheduler
+from monai_pairsynth.schedulers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SAMPLER_STEPS,
+    StridedDDIMScheduler,
+    StridedDDPMScheduler,
+)
 
 __all__ = ["AmpDtype", "PairedDiffusionInferer"]
 
@@ -289,8 +294,8 @@ class PairedDiffusionInferer(Inferer):
         model: nn.Module,
         num_samples: int | None = None,
         spatial_shape: Sequence[int] | None = None,
-        scheduler: str | Scheduler = "dpmpp",
-        num_inference_steps: int = 20,
+        scheduler: str | Scheduler = DEFAULT_SAMPLER,
+        num_inference_steps: int = DEFAULT_SAMPLER_STEPS,
         generator: torch.Generator | None = None,
         sample_seeds: Sequence[int] | None = None,
         progress: bool = False,

@@ -7,11 +7,13 @@ interface described there, including ``set_timesteps(..., strength=...)`` for no
 from __future__ import annotations
 
 from .dpm_solver_multistep import DPMSolverMultistepScheduler, TimestepSpacing
-from .factory import SamplerName, make_scheduler
+from .factory import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS, SamplerName, make_scheduler
 from .schedule_mixin import StridedScheduleMixin, num_steps_for_strength
 from .strided import StridedDDIMScheduler, StridedDDPMScheduler
 
 __all__ = [
+    "DEFAULT_SAMPLER",
+    "DEFAULT_SAMPLER_STEPS",
     "DPMSolverMultistepScheduler",
     "SamplerName",
     "StridedDDIMScheduler",

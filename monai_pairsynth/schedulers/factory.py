@@ -11,7 +11,13 @@ from monai.networks.schedulers.ddpm import DDPMPredictionType
 from .dpm_solver_multistep import DPMSolverMultistepScheduler
 from .strided import StridedDDIMScheduler, StridedDDPMScheduler
 
-__all__ = ["SamplerName", "make_scheduler"]
+__all__ = ["DEFAULT_SAMPLER", "DEFAULT_SAMPLER_STEPS", "SamplerName", "make_scheduler"]
+
+#: the package's one sampler default (inferer, pool sources, ``generate``, the bundle's configs): DPM-Solver++(2M)
+#: with 20 steps, chosen by ``benchmarks/convergence.py`` / ``benchmarks/sampler_quality.py`` on the demo
+#: checkpoint (docs/sampling.md, "Which sampler").
+DEFAULT_SAMPLER = "dpmpp"
+DEFAULT_SAMPLER_STEPS = 20
 
 
 class SamplerName(str, Enum):
