@@ -75,6 +75,7 @@ class Settings:
     seg_batch: int = 8
     seg_lr: float = 1e-3
     filter_epochs: int = 30
+    plausibility: bool = True  # the filter's plausibility rules (empty mask, mask outside body, no PET uptake)
 
     def pool_size(self, n_real: int) -> int:
         return dict(self.pool_sizes)[n_real]
@@ -89,6 +90,7 @@ QUICK = Settings(
     sampler_steps=4,
     seg_steps=6,
     filter_epochs=2,
+    plausibility=False,  # the rehearsal's 1-step generator draws no tumours: every candidate would be rejected
 )
 
 
@@ -174,8 +176,15 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings) -> dict[
     )
     candidates = {k: v.as_tensor() for k, v in candidates.items()}
     sample_seconds = time.perf_counter() - start
-    selection = quality_filter.select(candidates, mode="pool", ratio=1.0, num_real=p)
+    selection = quality_filter.select(
+        candidates, mode="pool", ratio=1.0, num_real=p, plausibility=settings.plausibility
+    )
     keep = selection.indices[:p]
+    if len(keep) < p:
+        raise RuntimeError(
+            f"the quality filter kept {len(keep)} of {4 * p} candidates of generator {checkpoint.name}, fewer than "
+            f"the pool size {p}; rejections: {dict(selection.reason_counts())}. Train the generator longer."
+        )
     info = {
         "n_real": n_real,
         "seed": seed,

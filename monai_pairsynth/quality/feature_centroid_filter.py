@@ -8,12 +8,15 @@ of those the half closest to the centroid, leaving ``rN``. On top of that this f
 with thresholds calibrated on the real data, optional strata (several centroids), a segmentation-specific
 certainty (Dice between the generated mask and the segmenter's prediction on the generated images, and the
 predictive entropy in the lesion) and a memorisation guard (a near-copy of a real patient is a privacy leak).
+Before any of that, plausibility rules reject impossible triplets (a mask outside the body, an empty mask where
+every real sample has tumour, a mask without PET uptake; :mod:`~monai_pairsynth.quality.plausibility`).
 See ``docs/quality_filter.md``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -30,12 +33,38 @@ from .feature_distance import centroid_distances, pooled_embedding, unit_normali
 from .feature_segmenter import unet_encoder_layers
 from .kmeans import kmeans
 from .mc_dropout_features import MCDropoutFeatureExtractor, _mix_seed
+from .plausibility import body_mask, mask_in_body_fraction, pet_uptake_ratio
 from .selection_result import RejectionReason, SelectionMode, SelectionResult
 from .triplet_batches import IntensityUnits, iter_triplet_batches, prepare_triplet_batch
 
-__all__ = ["FeatureCentroidFilter", "FilterNotFittedError", "StrataMethod"]
+__all__ = ["EmptyMaskRule", "FeatureCentroidFilter", "FilterNotFittedError", "StrataMethod"]
 
-_STATE_VERSION = 1
+# version 2 adds the plausibility rules (config keys and fitted["plausibility"]); version 1 states still load
+_STATE_VERSION = 2
+_READABLE_STATE_VERSIONS = (1, 2)
+# config keys of the plausibility rules (absent from version-1 states: those load with the defaults)
+_PLAUSIBILITY_CONFIG = (
+    "ct_key",
+    "pet_key",
+    "body_threshold",
+    "body_dilation",
+    "min_mask_in_body",
+    "empty_mask",
+    "min_mask_voxels",
+    "empty_mask_real_fraction",
+    "min_pet_uptake",
+    "pet_uptake_quantile",
+    "pet_uptake_margin",
+    "pet_ring",
+)
+# ...of which these change the stored real measurements, so a saved state must match them when it has them
+_PLAUSIBILITY_FIXED_BY_FIT = ("ct_key", "pet_key", "pet_ring")
+# (reason, score key, threshold key) of the plausibility rules, in the order they are checked
+_PLAUSIBILITY_RULES = (
+    ("mask_outside_body", "mask_in_body", "min_mask_in_body"),
+    ("empty_mask", "mask_voxels", "min_mask_voxels"),
+    ("no_pet_uptake", "pet_uptake", "min_pet_uptake"),
+)
 # a stratum with fewer real samples than this uses the global distance threshold (its own quantile is noise)
 _MIN_STRATUM_FOR_OWN_THRESHOLD = 5
 
@@ -52,8 +81,28 @@ class StrataMethod(str, Enum):
     TUMOUR_SIZE = "tumour_size"
 
 
+class EmptyMaskRule(str, Enum):
+    """When the ``empty_mask`` plausibility rule applies.
+
+    ``auto``: only when at least ``empty_mask_real_fraction`` of the real training samples the filter was fitted
+    on have a mask of ``min_mask_voxels`` voxels or more (learned at ``fit``); ``on``: always; ``off``: never.
+    """
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 class FilterNotFittedError(RuntimeError):
     """Raised when a :class:`FeatureCentroidFilter` is used before :meth:`~FeatureCentroidFilter.fit`."""
+
+
+def _is_real_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_quantile(name: str, value: float | None, allow_none: bool = False) -> float | None:
@@ -84,6 +133,13 @@ class FeatureCentroidFilter:
       training sample;
     - ``stratum``: the centroid the distance was measured to.
 
+    Before those are used, plausibility rules reject impossible triplets, each with its own reason
+    (``mask_outside_body``, ``empty_mask``, ``no_pet_uptake``; see :meth:`select` and
+    :attr:`plausibility_rules`), from the measurements ``mask_in_body``, ``mask_voxels`` and ``pet_uptake``
+    (:mod:`~monai_pairsynth.quality.plausibility`). A rule whose modality is not among ``image_keys`` is
+    skipped; all of them need the mask, so a filter with any rule on reads ``label_key`` even with
+    ``certainty=False``. Their settings are the arguments from ``ct_key`` on.
+
     Args:
         feature_network: a trained network mapping ``len(image_keys)`` channels ``(B, C_in, H, W[, D])`` to
             segmentation logits ``(B, C_out, H, W[, D])`` (``C_out = 1``: sigmoid, ``>= 2``: softmax with
@@ -113,6 +169,29 @@ class FeatureCentroidFilter:
         batch_size: samples per forward pass.
         seed: seeds the dropout masks and the k-means. Sample ``i`` of a ``score`` call (or of the real data
             in ``fit``) always gets the same masks, whatever the batch size, so scores are reproducible.
+        ct_key: the CT modality of the ``mask_outside_body`` rule (``None``: no CT rule).
+        pet_key: the PET modality of the ``no_pet_uptake`` rule (``None``: no PET rule).
+        body_threshold: the body is CT above this value in the CT spec's physical unit (default -500 HU:
+            between fat, about -100, and air, -1000), holes of each axial slice filled (airway, sinuses,
+            lungs are inside the patient). Must lie inside the CT spec's range.
+        body_dilation: voxels the body is dilated by (default 1: a lesion at the skin, partial volume).
+        min_mask_in_body: ``mask_outside_body`` rejects a sample whose fraction of mask voxels inside the body
+            is below this (default 0.9); ``None`` turns the rule off. An empty mask passes this rule.
+        empty_mask: ``"auto"`` (default), ``"on"`` / ``True`` or ``"off"`` / ``False``: when the
+            ``empty_mask`` rule applies (:class:`EmptyMaskRule`).
+        min_mask_voxels: ``empty_mask`` rejects a mask with fewer voxels than this (default 1: an empty mask).
+        empty_mask_real_fraction: ``"auto"`` turns the rule on when at least this fraction of the real
+            training samples has ``min_mask_voxels`` or more (default 0.95).
+        min_pet_uptake: ``no_pet_uptake`` rejects a sample whose PET uptake ratio (mean SUV in the mask over
+            the median SUV in a ring around it, :func:`~monai_pairsynth.quality.plausibility.pet_uptake_ratio`)
+            is below this: a number (fixed), ``"auto"`` (default: learned at ``fit`` as
+            ``pet_uptake_margin`` × the ``pet_uptake_quantile`` of the real training samples' ratios) or
+            ``None`` (off). An empty mask passes this rule.
+        pet_uptake_quantile: the quantile of the real ratios of ``"auto"`` (default 0.01).
+        pet_uptake_margin: the factor of ``"auto"`` (default 0.75; below 1, so that a real tumour fainter than
+            the fitted ones still passes).
+        pet_ring: ``(inner, outer)`` voxels: the ring is the mask dilated by ``outer`` minus the mask dilated by
+            ``inner`` (default ``(1, 3)``).
 
     Example:
         >>> import torch
@@ -126,10 +205,11 @@ class FeatureCentroidFilter:
         >>> filt = FeatureCentroidFilter(net, mc_passes=1).fit([case(i) for i in range(8)])
         >>> batch = {k: torch.stack([case(100 + i)[k] for i in range(8)]) for k in ("ct", "pet", "label")}
         >>> result = filt.select(batch, mode="pool", ratio=0.5, num_real=4)
-        >>> result.num_accepted, sorted(result.scores)
-        (2, ['certainty', 'distance', 'entropy', 'nearest_real', 'stratum'])
+        >>> result.num_accepted, sorted(result.scores)  # doctest: +NORMALIZE_WHITESPACE
+        (2, ['certainty', 'distance', 'entropy', 'mask_in_body', 'mask_voxels', 'nearest_real', 'pet_uptake',
+             'stratum'])
         >>> print(result.explain(int(result.indices[0])))  # doctest: +ELLIPSIS
-        sample ...: accepted (distance=..., certainty=..., entropy=..., nearest_real=..., stratum=0; pool limits: ...)
+        sample ...: accepted (distance=..., certainty=..., entropy=..., nearest_real=..., stratum=0, mask_in_body=...; pool limits: ...)
     """
 
     def __init__(
@@ -151,6 +231,18 @@ class FeatureCentroidFilter:
         embedding_size: int | None = None,
         batch_size: int = 32,
         seed: int = 0,
+        ct_key: str | None = "ct",
+        pet_key: str | None = "pet",
+        body_threshold: float = -500.0,
+        body_dilation: int = 1,
+        min_mask_in_body: float | None = 0.9,
+        empty_mask: EmptyMaskRule | str | bool = EmptyMaskRule.AUTO,
+        min_mask_voxels: int = 1,
+        empty_mask_real_fraction: float = 0.95,
+        min_pet_uptake: float | str | None = "auto",
+        pet_uptake_quantile: float = 0.01,
+        pet_uptake_margin: float = 0.75,
+        pet_ring: Sequence[int] = (1, 3),
     ) -> None:
         if not isinstance(mc_passes, int) or isinstance(mc_passes, bool) or mc_passes < 1:
             raise ValueError(
@@ -200,6 +292,20 @@ class FeatureCentroidFilter:
         self.embedding_size = embedding_size
         self.batch_size = batch_size
         self.seed = int(seed)
+        self._init_plausibility(
+            ct_key,
+            pet_key,
+            body_threshold,
+            body_dilation,
+            min_mask_in_body,
+            empty_mask,
+            min_mask_voxels,
+            empty_mask_real_fraction,
+            min_pet_uptake,
+            pet_uptake_quantile,
+            pet_uptake_margin,
+            pet_ring,
+        )
         self._extractor = MCDropoutFeatureExtractor(feature_network, self.layers, mc_passes=mc_passes)
         self._deterministic = (
             self._extractor
@@ -208,8 +314,131 @@ class FeatureCentroidFilter:
         )
         self._fitted: dict[str, Any] | None = None
         self._thresholds: dict[str, Any] | None = None
+        self._rules: dict[str, dict[str, Any]] = {}
         self._device_cache: dict[str, Any] = {}
         self.reset_counts()
+
+    def _init_plausibility(
+        self,
+        ct_key,
+        pet_key,
+        body_threshold,
+        body_dilation,
+        min_mask_in_body,
+        empty_mask,
+        min_mask_voxels,
+        empty_mask_real_fraction,
+        min_pet_uptake,
+        pet_uptake_quantile,
+        pet_uptake_margin,
+        pet_ring,
+    ) -> None:
+        """Validate and store the plausibility rules' settings (see the class docstring)."""
+        for name, key in (("ct_key", ct_key), ("pet_key", pet_key)):
+            if key is not None and (not isinstance(key, str) or not key):
+                raise ValueError(f"{name} must be a modality key (a non-empty string) or None, got {key!r}.")
+            if key is not None and key == self.label_key:
+                raise ValueError(f"{name} {key!r} is the label_key; it must name an image modality.")
+        if ct_key is not None and ct_key == pet_key:
+            raise ValueError(f"ct_key and pet_key must differ, both are {ct_key!r}.")
+        if not _is_real_number(body_threshold):
+            raise ValueError(f"body_threshold must be a finite number (HU), got {body_threshold!r}.")
+        if not _is_int(body_dilation) or body_dilation < 0:
+            raise ValueError(f"body_dilation must be an integer >= 0 (voxels), got {body_dilation!r}.")
+        if min_mask_in_body is not None and (
+            not _is_real_number(min_mask_in_body) or not 0.0 <= float(min_mask_in_body) <= 1.0
+        ):
+            raise ValueError(
+                f"min_mask_in_body must be a fraction in [0, 1] or None (rule off), got {min_mask_in_body!r}."
+            )
+        if isinstance(empty_mask, bool):
+            empty_mask = EmptyMaskRule.ON if empty_mask else EmptyMaskRule.OFF
+        try:
+            empty_mask = EmptyMaskRule(empty_mask)
+        except ValueError:
+            raise ValueError(
+                f"empty_mask must be one of {[m.value for m in EmptyMaskRule]} (or a bool), got {empty_mask!r}."
+            ) from None
+        if not _is_int(min_mask_voxels) or min_mask_voxels < 1:
+            raise ValueError(f"min_mask_voxels must be an integer >= 1, got {min_mask_voxels!r}.")
+        if not _is_real_number(empty_mask_real_fraction) or not 0.0 <= float(empty_mask_real_fraction) <= 1.0:
+            raise ValueError(
+                f"empty_mask_real_fraction must be a fraction in [0, 1], got {empty_mask_real_fraction!r}."
+            )
+        if not (
+            min_pet_uptake is None
+            or min_pet_uptake == "auto"
+            or (_is_real_number(min_pet_uptake) and float(min_pet_uptake) >= 0.0)
+        ):
+            raise ValueError(
+                f"min_pet_uptake must be a number >= 0, 'auto' or None (rule off), got {min_pet_uptake!r}."
+            )
+        pet_uptake_quantile = _check_quantile("pet_uptake_quantile", pet_uptake_quantile)
+        if not _is_real_number(pet_uptake_margin) or not float(pet_uptake_margin) > 0.0:
+            raise ValueError(f"pet_uptake_margin must be a positive number, got {pet_uptake_margin!r}.")
+        if (
+            isinstance(pet_ring, (str, bytes))
+            or not isinstance(pet_ring, Sequence)
+            or len(pet_ring) != 2
+            or not all(_is_int(r) for r in pet_ring)
+            or not 0 <= pet_ring[0] < pet_ring[1]
+        ):
+            raise ValueError(
+                f"pet_ring must be two integers (inner, outer) with 0 <= inner < outer (voxels), got {pet_ring!r}."
+            )
+        self.ct_key = ct_key
+        self.pet_key = pet_key
+        self.body_threshold = float(body_threshold)
+        self.body_dilation = int(body_dilation)
+        self.min_mask_in_body = None if min_mask_in_body is None else float(min_mask_in_body)
+        self.empty_mask = empty_mask
+        self.min_mask_voxels = int(min_mask_voxels)
+        self.empty_mask_real_fraction = float(empty_mask_real_fraction)
+        self.min_pet_uptake = min_pet_uptake if min_pet_uptake in (None, "auto") else float(min_pet_uptake)
+        self.pet_uptake_quantile = pet_uptake_quantile
+        self.pet_uptake_margin = float(pet_uptake_margin)
+        self.pet_ring = (int(pet_ring[0]), int(pet_ring[1]))
+        if self._uses_ct():
+            spec = self.specs.get(ct_key)
+            if spec is None or spec.is_mask:
+                raise ValueError(
+                    f"the mask_outside_body rule needs an image spec for ct_key {ct_key!r} (to convert to HU); "
+                    "pass specs={...}, or min_mask_in_body=None."
+                )
+            if not float(spec.low) < self.body_threshold < float(spec.high):
+                raise ValueError(
+                    f"body_threshold {self.body_threshold:g} {spec.unit} lies outside the CT spec's range "
+                    f"({spec.low:g}, {spec.high:g}): every voxel would be {'body' if self.body_threshold < spec.low else 'air'}."
+                )
+        if self._uses_pet():
+            spec = self.specs.get(pet_key)
+            if spec is None or spec.is_mask:
+                raise ValueError(
+                    f"the no_pet_uptake rule needs an image spec for pet_key {pet_key!r} (to convert to SUV); "
+                    "pass specs={...}, or min_pet_uptake=None."
+                )
+
+    def _uses_ct(self) -> bool:
+        """The ``mask_outside_body`` rule is configured and its CT is one of the filter's modalities."""
+        return (
+            self.min_mask_in_body is not None and self.ct_key is not None and self.ct_key in self.image_keys
+        )
+
+    def _uses_pet(self) -> bool:
+        """The ``no_pet_uptake`` rule is configured and its PET is one of the filter's modalities."""
+        return (
+            self.min_pet_uptake is not None and self.pet_key is not None and self.pet_key in self.image_keys
+        )
+
+    def _uses_plausibility(self) -> bool:
+        return self._uses_ct() or self._uses_pet() or self.empty_mask != EmptyMaskRule.OFF
+
+    def _needs_mask(self) -> bool:
+        return (
+            self.certainty
+            or (self.num_strata > 1 and self.strata == StrataMethod.TUMOUR_SIZE)
+            or self._uses_plausibility()
+        )
 
     # ------------------------------------------------------------------ configuration and state
 
@@ -232,6 +461,18 @@ class FeatureCentroidFilter:
             "embedding_size": self.embedding_size,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "ct_key": self.ct_key,
+            "pet_key": self.pet_key,
+            "body_threshold": self.body_threshold,
+            "body_dilation": self.body_dilation,
+            "min_mask_in_body": self.min_mask_in_body,
+            "empty_mask": self.empty_mask.value,
+            "min_mask_voxels": self.min_mask_voxels,
+            "empty_mask_real_fraction": self.empty_mask_real_fraction,
+            "min_pet_uptake": self.min_pet_uptake,
+            "pet_uptake_quantile": self.pet_uptake_quantile,
+            "pet_uptake_margin": self.pet_uptake_margin,
+            "pet_ring": list(self.pet_ring),
         }
 
     @property
@@ -250,10 +491,27 @@ class FeatureCentroidFilter:
     @property
     def thresholds(self) -> dict[str, Any]:
         """Streaming thresholds: ``distance`` (one per stratum, a list), ``min_certainty``, ``max_entropy``
-        (``inf`` when disabled) and ``min_nearest_real``."""
+        (``inf`` when disabled) and ``min_nearest_real``; and those of the plausibility rules (both modes):
+        ``min_mask_in_body``, ``min_mask_voxels``, ``min_pet_uptake`` (``None`` where the rule is off, see
+        :attr:`plausibility_rules`)."""
         self._require_fitted("thresholds")
         assert self._thresholds is not None
         return {k: (list(v) if isinstance(v, list) else v) for k, v in self._thresholds.items()}
+
+    @property
+    def plausibility_rules(self) -> dict[str, dict[str, Any]]:
+        """Per rule (``mask_outside_body``, ``empty_mask``, ``no_pet_uptake``): ``active`` (bool),
+        ``threshold`` (``None`` when off) and ``note`` (why it is on or off, e.g. what was learned at ``fit``)."""
+        self._require_fitted("plausibility_rules")
+        return {k: dict(v) for k, v in self._rules.items()}
+
+    @property
+    def real_plausibility(self) -> dict[str, torch.Tensor]:
+        """The plausibility measurements of the real *training* samples the rules were learned from
+        (``mask_in_body``, ``mask_voxels``, ``pet_uptake``, those computed; empty for a state saved before the
+        rules existed)."""
+        fitted = self._require_fitted("real_plausibility")
+        return {k: v.clone() for k, v in (fitted.get("plausibility") or {}).items()}
 
     @property
     def real_scores(self) -> dict[str, torch.Tensor]:
@@ -285,29 +543,41 @@ class FeatureCentroidFilter:
                 "real_embeddings": fitted["real_embeddings"].clone(),
                 "real_scores": {k: v.clone() for k, v in fitted["real_scores"].items()},
                 "num_real": fitted["num_real"],
+                "plausibility": {k: v.clone() for k, v in (fitted.get("plausibility") or {}).items()},
             },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> FeatureCentroidFilter:
-        """Restore a fitted state; its config must match this filter's (the network is not part of it)."""
+        """Restore a fitted state; its config must match this filter's (the network is not part of it).
+
+        The plausibility rules' thresholds are this filter's (like the quantiles). A state saved before the rules
+        existed (version 1) has no real measurements to learn from: ``mask_outside_body`` applies with this
+        filter's settings (it learns nothing), ``empty_mask="auto"`` and ``min_pet_uptake="auto"`` are off
+        (``"on"`` and a fixed number still apply); :attr:`plausibility_rules` says so.
+        """
         if not isinstance(state, Mapping) or "config" not in state or "fitted" not in state:
             raise ValueError(
                 "state must be a dict with 'config' and 'fitted' entries, as written by state_dict()."
             )
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") not in _READABLE_STATE_VERSIONS:
             raise ValueError(
-                f"unsupported filter state version {state.get('version')!r}; expected {_STATE_VERSION}."
+                f"unsupported filter state version {state.get('version')!r}; expected one of "
+                f"{list(_READABLE_STATE_VERSIONS)}."
             )
         mine, theirs = self.config(), dict(state["config"])
-        # quantiles only set thresholds (recomputed below with this filter's values); batch_size changes nothing
+        # quantiles and rule thresholds only set thresholds (recomputed below with this filter's values);
+        # batch_size changes nothing
         free = {
             "batch_size",
             "distance_quantile",
             "certainty_quantile",
             "entropy_quantile",
             "memorisation_quantile",
+            *(k for k in _PLAUSIBILITY_CONFIG if k not in _PLAUSIBILITY_FIXED_BY_FIT),
         }
-        differing = sorted(k for k in mine if k not in free and mine[k] != theirs.get(k))
+        # a state saved before the plausibility rules has none of their keys: nothing to compare
+        absent = {k for k in _PLAUSIBILITY_FIXED_BY_FIT if k not in theirs}
+        differing = sorted(k for k in mine if k not in free and k not in absent and mine[k] != theirs.get(k))
         if differing:
             details = "; ".join(f"{k}: saved {theirs.get(k)!r}, this filter {mine[k]!r}" for k in differing)
             raise ValueError(f"the saved filter state was made with a different configuration ({details}).")
@@ -321,6 +591,12 @@ class FeatureCentroidFilter:
             "real_embeddings": f["real_embeddings"].float().cpu(),
             "real_scores": {k: v.cpu() for k, v in f["real_scores"].items()},
             "num_real": int(f["num_real"]),
+            # None: saved before the plausibility rules (version 1), nothing learned
+            "plausibility": (
+                {k: v.cpu() for k, v in f["plausibility"].items()}
+                if f.get("plausibility") is not None
+                else None
+            ),
         }
         self._device_cache = {}
         self.calibrate()
@@ -497,7 +773,7 @@ class FeatureCentroidFilter:
         return cache
 
     def _prepare(self, batch: Mapping[str, torch.Tensor], units, spatial_shape, check_range: bool):
-        need_mask = self.certainty or (self.num_strata > 1 and self.strata == StrataMethod.TUMOUR_SIZE)
+        need_mask = self._needs_mask()
         device = self.device
         moved = {k: v.to(device) for k, v in batch.items()}
         return prepare_triplet_batch(
@@ -511,8 +787,29 @@ class FeatureCentroidFilter:
         )
 
     def _keys(self) -> list[str]:
-        need_mask = self.certainty or (self.num_strata > 1 and self.strata == StrataMethod.TUMOUR_SIZE)
-        return [*self.image_keys, self.label_key] if need_mask else list(self.image_keys)
+        return [*self.image_keys, self.label_key] if self._needs_mask() else list(self.image_keys)
+
+    def _plausibility(self, inputs: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The plausibility measurements of a prepared batch (``inputs`` in [-1, 1], ``mask`` {0, 1}), ``(B,)``
+        each, for the rules whose modalities the filter has (:mod:`~monai_pairsynth.quality.plausibility`)."""
+        out: dict[str, torch.Tensor] = {}
+        if mask is None:
+            return out
+        tumour = mask > 0.5
+        if self._uses_ct():
+            assert self.ct_key is not None
+            i = self.image_keys.index(self.ct_key)
+            ct = self.specs[self.ct_key].denormalize(inputs[:, i : i + 1])
+            body = body_mask(ct, self.body_threshold, self.body_dilation)
+            out["mask_in_body"] = mask_in_body_fraction(tumour, body)
+        if self.empty_mask != EmptyMaskRule.OFF:
+            out["mask_voxels"] = tumour.flatten(1).sum(1).float()
+        if self._uses_pet():
+            assert self.pet_key is not None
+            i = self.image_keys.index(self.pet_key)
+            pet = self.specs[self.pet_key].denormalize(inputs[:, i : i + 1])
+            out["pet_uptake"] = pet_uptake_ratio(pet, tumour, self.pet_ring)
+        return out
 
     # ------------------------------------------------------------------ fit
 
@@ -523,7 +820,8 @@ class FeatureCentroidFilter:
 
         Three sweeps over ``real`` (two with one stratum), each running the K passes: (1) centroid sums (one
         global sum; the per-stratum sums in sweep 2 once the strata are known), the deterministic embeddings
-        for the guard and k-means, the tumour sizes; (2) per-stratum centroids; (3) the real samples' own
+        for the guard and k-means, the tumour sizes and the plausibility measurements (from which the
+        ``"auto"`` rules learn); (2) per-stratum centroids; (3) the real samples' own
         scores, from which the thresholds are calibrated (on ``calibration`` instead when given, e.g.
         held-out real cases the segmenter was not trained on, whose certainty is not optimistic).
 
@@ -543,6 +841,7 @@ class FeatureCentroidFilter:
         keys = self._keys()
         sums: list[torch.Tensor] | None = None
         embeddings, sizes = [], []
+        plausibility: dict[str, list[torch.Tensor]] = {}
         spatial_shape: tuple[int, ...] | None = None
         layer_shapes: list[tuple] | None = None
         count = 0
@@ -562,6 +861,8 @@ class FeatureCentroidFilter:
                 embedding = self._deterministic_embedding(inputs, layer_shapes)
             embeddings.append(embedding.cpu())
             sizes.append(_tumour_fraction(mask).cpu() if mask is not None else torch.zeros(inputs.shape[0]))
+            for name, values in self._plausibility(inputs, mask).items():
+                plausibility.setdefault(name, []).append(values.cpu())
             count += inputs.shape[0]
         assert sums is not None and spatial_shape is not None and layer_shapes is not None
         if count < max(2, self.num_strata):
@@ -636,6 +937,7 @@ class FeatureCentroidFilter:
             "real_embeddings": real_embeddings.float(),
             "real_scores": {},
             "num_real": count,
+            "plausibility": {k: torch.cat(v).float() for k, v in plausibility.items()},
         }
         self._device_cache = {}
         # sweep 3: the real samples' own scores (calibration set when given)
@@ -681,7 +983,9 @@ class FeatureCentroidFilter:
         """(Re)compute the streaming thresholds from the stored real scores, without refitting.
 
         Arguments left ``None`` keep the filter's current quantiles; given ones replace them. To disable the
-        entropy check again set ``filter.entropy_quantile = None`` and call ``calibrate()``.
+        entropy check again set ``filter.entropy_quantile = None`` and call ``calibrate()``. The plausibility
+        rules' thresholds are recomputed too, from the stored real training measurements and the filter's
+        current rule settings.
 
         Returns:
             :attr:`thresholds`.
@@ -718,8 +1022,97 @@ class FeatureCentroidFilter:
         thresholds["min_nearest_real"] = float(
             torch.quantile(real["nearest_real"].double(), self.memorisation_quantile)
         )
+        self._rules = self._plausibility_rules(fitted.get("plausibility"))
+        for reason, _, name in _PLAUSIBILITY_RULES:
+            thresholds[name] = self._rules[reason]["threshold"]
         self._thresholds = thresholds
         return self.thresholds
+
+    def _plausibility_rules(self, real: Mapping[str, torch.Tensor] | None) -> dict[str, dict[str, Any]]:
+        """Thresholds of the plausibility rules from the settings and the real training measurements ``real``
+        (``None``: a state saved before the rules existed), with a note on each."""
+        rules: dict[str, dict[str, Any]] = {}
+        legacy = "the saved filter state predates the plausibility rules (nothing learned at fit)"
+
+        def rule(reason: str, threshold: float | None, note: str) -> None:
+            if threshold is not None and real is not None:
+                key = next(k for r, k, _ in _PLAUSIBILITY_RULES if r == reason)
+                if key in real:
+                    values = real[key]
+                    failing = int((values < threshold).sum())
+                    note += f"; {failing} of {values.numel()} real training samples fail it"
+            rules[reason] = {"active": threshold is not None, "threshold": threshold, "note": note}
+
+        # mask_outside_body: nothing to learn
+        if self.min_mask_in_body is None:
+            rule("mask_outside_body", None, "off (min_mask_in_body=None)")
+        elif not self._uses_ct():
+            rule(
+                "mask_outside_body",
+                None,
+                f"off: ct_key {self.ct_key!r} is not among image_keys {self.image_keys}",
+            )
+        else:
+            rule(
+                "mask_outside_body",
+                self.min_mask_in_body,
+                f"on: >= {self.min_mask_in_body:g} of the mask inside CT > {self.body_threshold:g} "
+                f"(holes filled, dilated by {self.body_dilation})",
+            )
+        # empty_mask: on, off, or learned from how many real training samples have tumour
+        k = self.min_mask_voxels
+        if self.empty_mask == EmptyMaskRule.OFF:
+            rule("empty_mask", None, "off (empty_mask='off')")
+        elif self.empty_mask == EmptyMaskRule.ON:
+            rule("empty_mask", float(k), f"on (empty_mask='on'): at least {k} mask voxel(s)")
+        elif real is None or "mask_voxels" not in real:
+            rule("empty_mask", None, f"off (auto): {legacy}")
+        else:
+            with_tumour, total = int((real["mask_voxels"] >= k).sum()), int(real["mask_voxels"].numel())
+            share = with_tumour / max(total, 1)
+            if share >= self.empty_mask_real_fraction:
+                rule(
+                    "empty_mask",
+                    float(k),
+                    f"on (auto): {with_tumour}/{total} real training samples have >= {k} mask voxel(s) "
+                    f"({share:.3g} >= empty_mask_real_fraction {self.empty_mask_real_fraction:g})",
+                )
+            else:
+                rule(
+                    "empty_mask",
+                    None,
+                    f"off (auto): only {with_tumour}/{total} real training samples have >= {k} mask voxel(s) "
+                    f"({share:.3g} < empty_mask_real_fraction {self.empty_mask_real_fraction:g}), so an empty "
+                    "mask is plausible",
+                )
+        # no_pet_uptake: fixed, or learned from the real training samples' ratios
+        if self.min_pet_uptake is None:
+            rule("no_pet_uptake", None, "off (min_pet_uptake=None)")
+        elif not self._uses_pet():
+            rule(
+                "no_pet_uptake",
+                None,
+                f"off: pet_key {self.pet_key!r} is not among image_keys {self.image_keys}",
+            )
+        elif self.min_pet_uptake != "auto":
+            rule("no_pet_uptake", float(self.min_pet_uptake), f"on (fixed): ratio >= {self.min_pet_uptake:g}")
+        elif real is None or "pet_uptake" not in real:
+            rule("no_pet_uptake", None, f"off (auto): {legacy}")
+        else:
+            ratios = real["pet_uptake"].double()
+            ratios = ratios[torch.isfinite(ratios)]
+            if ratios.numel() == 0:
+                rule("no_pet_uptake", None, "off (auto): no real training sample has a mask to learn from")
+            else:
+                q = float(torch.quantile(ratios, self.pet_uptake_quantile))
+                threshold = self.pet_uptake_margin * q
+                rule(
+                    "no_pet_uptake",
+                    threshold,
+                    f"on (auto): ratio >= {self.pet_uptake_margin:g} x {q:.4g} (the {self.pet_uptake_quantile:g} "
+                    f"quantile of {ratios.numel()} real training ratios) = {threshold:.4g}",
+                )
+        return rules
 
     # ------------------------------------------------------------------ score and select
 
@@ -738,6 +1131,7 @@ class FeatureCentroidFilter:
             seeds = self._sample_seeds(seen, inputs.shape[0])
             seen += inputs.shape[0]
             scores = self._score_tensors(inputs, mask, seeds, with_nearest=with_nearest)
+            scores.update(self._plausibility(inputs, mask))
             scores["finite"] = finite
             for k, v in scores.items():
                 parts.setdefault(k, []).append(v.cpu())
@@ -759,7 +1153,9 @@ class FeatureCentroidFilter:
 
         Returns:
             ``{"distance", "certainty", "entropy", "nearest_real", "stratum"}`` (``certainty``/``entropy`` only
-            with ``certainty=True``), each ``(B,)``. A sample with NaN/inf values gets NaN scores and stratum -1.
+            with ``certainty=True``) and the plausibility measurements ``mask_in_body`` (fraction of the mask in
+            the body; CT rule on), ``mask_voxels`` (``empty_mask`` not ``"off"``) and ``pet_uptake`` (PET rule on),
+            each ``(B,)``. A sample with NaN/inf values gets NaN scores and stratum -1.
 
         Raises:
             FilterNotFittedError: before :meth:`fit`.
@@ -779,16 +1175,23 @@ class FeatureCentroidFilter:
         memorisation_guard: bool = True,
         scores: Mapping[str, torch.Tensor] | None = None,
         units: IntensityUnits | str | None = None,
+        plausibility: bool = True,
     ) -> SelectionResult:
         """Decide which samples of ``batch`` to keep, and why the others are rejected.
 
-        Pool mode (the method): the batch is a pool of exactly ``4·r·N`` candidates (``r = ratio``,
-        ``N = num_real``). Candidates failing the memorisation guard (or non-finite) are removed; the rest are
-        ranked by certainty (Dice, descending; ties by entropy, ascending) and the top ``2·r·N`` kept; of those
-        the ``r·N`` with the smallest distance are accepted. So ``4rN → 2rN → rN``: exactly ``rN`` unless the
-        guard removed more than ``3rN`` candidates.
+        Both modes first reject non-finite samples, then impossible ones by the plausibility rules, in this
+        order: ``mask_outside_body`` (``mask_in_body < min_mask_in_body``), ``empty_mask``
+        (``mask_voxels < min_mask_voxels``), ``no_pet_uptake`` (``pet_uptake < min_pet_uptake``); a rule that
+        is off (see :attr:`plausibility_rules`) or whose measurement is missing from ``scores`` is skipped, and a
+        NaN measurement (an empty mask for the body and PET rules) passes.
 
-        Streaming mode: each sample alone is accepted when it is finite, ``nearest_real >= min_nearest_real``
+        Pool mode (the method): the batch is a pool of exactly ``4·r·N`` candidates (``r = ratio``,
+        ``N = num_real``). Candidates failing the memorisation guard, a plausibility rule (or non-finite) are
+        removed; the rest are ranked by certainty (Dice, descending; ties by entropy, ascending) and the top
+        ``2·r·N`` kept; of those the ``r·N`` with the smallest distance are accepted. So ``4rN → 2rN → rN``:
+        exactly ``rN`` unless those checks removed more than ``3rN`` candidates.
+
+        Streaming mode: each sample alone is accepted when it is finite, plausible, ``nearest_real >= min_nearest_real``
         (guard), ``certainty >= min_certainty`` and ``entropy <= max_entropy``, and
         ``distance <= distance threshold of its stratum`` (see :attr:`thresholds`). With ``max_accept``, at
         most that many (the closest) are accepted, the rest of the passing ones are ``not_selected``.
@@ -802,9 +1205,11 @@ class FeatureCentroidFilter:
             memorisation_guard: apply the guard (default on).
             scores: precomputed :meth:`score` output for this batch (skips scoring).
             units: override the filter's ``units`` for this call.
+            plausibility: apply the plausibility rules (default on).
 
         Returns:
-            :class:`SelectionResult`; the running :attr:`counts` are updated.
+            :class:`SelectionResult` (``reason_counts()`` counts every rule's rejections); the running
+            :attr:`counts` are updated.
         """
         try:
             mode = SelectionMode(mode)
@@ -849,22 +1254,37 @@ class FeatureCentroidFilter:
             )
         assert self._thresholds is not None
         finite = torch.isfinite(scores["distance"])
-        memorised = (
-            scores["nearest_real"] < self._thresholds["min_nearest_real"]
-            if memorisation_guard
-            else torch.zeros(n, dtype=torch.bool)
-        ) & finite
+        # the first failing check wins: non-finite, then the plausibility rules in order, then the guard
+        rejected = ~finite
+        code = torch.full((n,), -1, dtype=torch.long)  # index into `checks`, -1: passed them all
+        checks: list[RejectionReason] = []
+        applied: dict[str, float] = {}
+        if plausibility:
+            for reason, key, name in _PLAUSIBILITY_RULES:
+                limit = self._thresholds.get(name)
+                if limit is None or key not in scores:
+                    continue
+                fails = (scores[key].float() < limit) & ~rejected  # NaN compares False: passes
+                code[fails] = len(checks)
+                checks.append(RejectionReason(reason))
+                applied[name] = float(limit)
+                rejected |= fails
+        if memorisation_guard:
+            fails = (scores["nearest_real"] < self._thresholds["min_nearest_real"]) & ~rejected
+            code[fails] = len(checks)
+            checks.append(RejectionReason.MEMORISED)
+            rejected |= fails
         reasons = [RejectionReason.ACCEPTED] * n
-        for i in range(n):
-            if not bool(finite[i]):
-                reasons[i] = RejectionReason.NON_FINITE
-            elif bool(memorised[i]):
-                reasons[i] = RejectionReason.MEMORISED
-        eligible = finite & ~memorised
+        for i in torch.nonzero(~finite).flatten().tolist():
+            reasons[i] = RejectionReason.NON_FINITE
+        for i in torch.nonzero(code >= 0).flatten().tolist():
+            reasons[i] = checks[int(code[i])]
+        eligible = ~rejected
         if mode == SelectionMode.POOL:
             thresholds = self._select_pool(scores, eligible, keep, reasons)
         else:
             thresholds = self._select_streaming(scores, eligible, max_accept, reasons)
+        thresholds.update(applied)
         if memorisation_guard:
             thresholds["min_nearest_real"] = self._thresholds["min_nearest_real"]
         mask = torch.tensor([r == RejectionReason.ACCEPTED for r in reasons], dtype=torch.bool)

@@ -29,6 +29,12 @@ class RejectionReason(str, Enum):
 
     - ``accepted``: kept.
     - ``non_finite``: the sample contains NaN/inf (a broken generation); it is never scored.
+    - ``mask_outside_body``: too little of the mask lies inside the body (CT above a HU threshold, holes
+      filled): a tumour in the air around the patient (plausibility rule).
+    - ``empty_mask``: the mask has fewer voxels than the minimum, while every (or nearly every) real training
+      sample has tumour (plausibility rule).
+    - ``no_pet_uptake``: the mean PET inside the mask is not above the PET around it by the factor real
+      tumours show (plausibility rule).
     - ``memorised``: its nearest real training sample is closer than real samples are to each other (the
       memorisation guard): a copy of a patient, not augmentation.
     - ``uncertain``: the segmenter disagrees with the generated mask (streaming: Dice below the calibrated
@@ -41,6 +47,9 @@ class RejectionReason(str, Enum):
 
     ACCEPTED = "accepted"
     NON_FINITE = "non_finite"
+    MASK_OUTSIDE_BODY = "mask_outside_body"
+    EMPTY_MASK = "empty_mask"
+    NO_PET_UPTAKE = "no_pet_uptake"
     MEMORISED = "memorised"
     UNCERTAIN = "uncertain"
     FAR_FROM_CENTROID = "far_from_centroid"
@@ -54,12 +63,14 @@ class SelectionResult:
     Attributes:
         mask: ``(B,)`` bool, ``True`` where accepted.
         reasons: one :class:`RejectionReason` per sample (``accepted`` for kept ones).
-        scores: per-sample scores ``{"distance", "certainty", "entropy", "nearest_real", "stratum"}``, each
-            ``(B,)`` on the CPU.
+        scores: per-sample scores ``{"distance", "certainty", "entropy", "nearest_real", "stratum"}`` and the
+            plausibility measurements (``"mask_in_body"``, ``"mask_voxels"``, ``"pet_uptake"``, those the filter
+            computes), each ``(B,)`` on the CPU.
         thresholds: the values the decision used: for streaming, the calibrated thresholds (a distance
             threshold per stratum as ``distance/<s>``); for pool mode the cut values actually applied
             (``certainty_cut``: the lowest certainty kept in the certain half, ``distance_cut``: the largest
-            distance accepted) and ``min_nearest_real``.
+            distance accepted) and ``min_nearest_real``; the thresholds of the plausibility rules applied
+            (``min_mask_in_body``, ``min_mask_voxels``, ``min_pet_uptake``) in both modes.
         mode: the selection mode.
 
     Example:

@@ -29,7 +29,10 @@ def test_3d_scores_and_selection(setup_3d):
     assert filt.state_dict()["fitted"]["real_embeddings"].shape == (24, (4 + 8 + 16) * 64)
     scores = filt.score(test)
     for name, values in scores.items():
-        assert values.shape == (8,) and bool(torch.isfinite(values.float()).all()), name
+        assert values.shape == (8,), name
+        # a 16³ volume at 8 mm need not contain the tumour: the plausibility measurements of an empty mask are NaN
+        if name not in ("mask_in_body", "pet_uptake"):
+            assert bool(torch.isfinite(values.float()).all()), name
     noise = filt.score(corrupt_triplets(test, "pure_noise", generator=torch.Generator().manual_seed(0)))
     assert float(noise["distance"].min()) > float(scores["distance"].max())
     assert float(noise["nearest_real"].min()) > float(scores["nearest_real"].max())
@@ -47,7 +50,8 @@ def test_3d_round_trip_and_shape_errors(setup_3d, tmp_path):
     loaded = FeatureCentroidFilter.load(filt.save(tmp_path / "f3d.pt"), net)
     a, b = filt.score(test), loaded.score(test)
     for name in a:
-        assert torch.equal(a[name], b[name]), name
+        assert torch.equal(a[name].nan_to_num(-1.0), b[name].nan_to_num(-1.0)), name
+    assert loaded.thresholds == filt.thresholds
     flat = {k: v[..., 0] for k, v in test.items()}  # a 2D batch against a 3D filter
     with pytest.raises(ValueError, match=r"spatial size \(16, 16\) .* fitted on, \(16, 16, 16\)"):
         filt.score(flat)
