@@ -32,6 +32,7 @@ from .paired_prepare_batch import PairedDiffusionPrepareBatch, offset_noise
 from .paired_trainer import (
     STATS_LOGGER_NAME,
     EpochTimeLimit,
+    LinearLRWarmup,
     PairedTrainingParts,
     create_paired_trainer,
     skip_redundant_train_calls,
@@ -50,6 +51,7 @@ __all__ = [
     "DeviceTripletLoader",
     "EpochTimeLimit",
     "ForeachEMAHandler",
+    "LinearLRWarmup",
     "LossComponentsHandler",
     "PairedCheckpointSaver",
     "PairedDiffusionPrepareBatch",

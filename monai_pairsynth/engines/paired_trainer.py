@@ -51,7 +51,13 @@ from .paired_prepare_batch import PairedDiffusionPrepareBatch
 from .param_groups import create_paired_optimizer
 from .perceptual_warmup import PerceptualWarmup
 
-__all__ = ["STATS_LOGGER_NAME", "PairedTrainingParts", "create_paired_trainer", "skip_redundant_train_calls"]
+__all__ = [
+    "STATS_LOGGER_NAME",
+    "LinearLRWarmup",
+    "PairedTrainingParts",
+    "create_paired_trainer",
+    "skip_redundant_train_calls",
+]
 
 #: logger used by the trainer's StatsHandler.
 STATS_LOGGER_NAME = "monai_pairsynth.train"
@@ -86,6 +92,45 @@ class PairedTrainingParts:
 
 def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
+
+
+class LinearLRWarmup:
+    """Scale every optimiser group's learning rate by ``min(1, iteration / iters)`` at each iteration start.
+
+    Stateless: the factor comes from ``engine.state.iteration`` and the groups' target rates (read at attach
+    time, kept as ``group["warmup_target_lr"]``), so a run resumed inside the warm-up continues the ramp.
+
+    Example:
+        >>> import torch
+        >>> from ignite.engine import Engine
+        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        >>> engine = Engine(lambda e, b: opt.param_groups[0]["lr"])
+        >>> engine.optimizer = opt
+        >>> LinearLRWarmup(4).attach(engine)
+        >>> lrs = []
+        >>> _ = engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: lrs.append(e.state.output))
+        >>> _ = engine.run(range(6))
+        >>> lrs
+        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, iters: int) -> None:
+        if isinstance(iters, bool) or int(iters) != iters or iters < 1:
+            raise ValueError(f"iters must be an int >= 1, got {iters!r}.")
+        self.iters = int(iters)
+
+    def attach(self, engine: Engine) -> None:
+        for group in engine.optimizer.param_groups:  # type: ignore[attr-defined]
+            group.setdefault("warmup_target_lr", group["lr"])
+        engine.add_event_handler(Events.ITERATION_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        it = engine.state.iteration
+        if it > self.iters + 1:
+            return
+        factor = min(1.0, it / self.iters)
+        for group in engine.optimizer.param_groups:  # type: ignore[attr-defined]
+            group["lr"] = group["warmup_target_lr"] * factor
 
 
 class EpochTimeLimit:
@@ -168,6 +213,7 @@ def create_paired_trainer(
     device: str | torch.device | None = None,
     lr: float | Mapping[str, float] = 1e-4,
     weight_decay: float | Mapping[str, float] = 0.0,
+    lr_warmup_iters: int = 0,
     optimizer: torch.optim.Optimizer | None = None,
     noise_scheduler: Mapping[str, Any] | None = None,
     offset_noise_scale: float = 0.1,
@@ -176,6 +222,7 @@ def create_paired_trainer(
     perceptual_weight: float = 0.0,
     perceptual_start_epoch: int = 50,
     perceptual_mode: PerceptualMode | str = PerceptualMode.CROSS_MODAL,
+    perceptual_max_timestep: int | None = None,
     feature_network: nn.Module | None = None,
     feature_weights_path: str | os.PathLike | None = None,
     snr_gamma: float | None = None,
@@ -214,6 +261,9 @@ def create_paired_trainer(
         device: training device; default CUDA if available, else CPU.
         lr: learning rate, or ``{modality: lr}`` (one optimiser param group per modality).
         weight_decay: AdamW weight decay, one value or per modality.
+        lr_warmup_iters: raise every group's learning rate linearly from ``lr / n`` to ``lr`` over the first
+            ``n`` iterations (set from ``engine.state.iteration`` alone, so a resumed run continues the ramp
+            exactly); 0: no warm-up.
         optimizer: use this optimiser instead of the per-modality AdamW.
         noise_scheduler: :func:`noise_scheduler_config` keys (``num_train_timesteps``, ``schedule``,
             ``prediction_type``, ``schedule_args``); default 1000-step linear DDPM, epsilon prediction.
@@ -223,6 +273,7 @@ def create_paired_trainer(
         perceptual_weight: weight of the perceptual term once switched on; 0 disables it.
         perceptual_start_epoch: epochs trained before the perceptual term starts (paper: 50).
         perceptual_mode: ``"cross_modal"`` (paper) or ``"reconstruction"``.
+        perceptual_max_timestep: the perceptual term only for samples with ``t`` below this (``None``: all).
         feature_network: feature network of the perceptual term (default: frozen ``RandomConvFeatures``).
         feature_weights_path: local state-dict file for the feature network.
         snr_gamma: Min-SNR-gamma weighting of the prediction MSE (``PairedDiffusionLoss``); ``None``: off.
@@ -277,6 +328,8 @@ def create_paired_trainer(
         raise ValueError(f"max_epochs must be an int >= 1, got {max_epochs!r}.")
     if isinstance(log_every, bool) or int(log_every) != log_every or log_every < 0:
         raise ValueError(f"log_every must be an int >= 0, got {log_every!r}.")
+    if isinstance(lr_warmup_iters, bool) or int(lr_warmup_iters) != lr_warmup_iters or lr_warmup_iters < 0:
+        raise ValueError(f"lr_warmup_iters must be an int >= 0, got {lr_warmup_iters!r}.")
     if max_minutes is not None and (isinstance(max_minutes, bool) or not float(max_minutes) > 0):
         raise ValueError(f"max_minutes must be a positive number of minutes or None, got {max_minutes!r}.")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -323,6 +376,7 @@ def create_paired_trainer(
             spatial_dims=int(getattr(model, "spatial_dims", 2)),
             snr_gamma=snr_gamma,
             foreground_weight=foreground_weight,
+            perceptual_max_timestep=perceptual_max_timestep,
         )
     loss_function = loss_function.to(device)
     if optimizer is None:
@@ -414,6 +468,8 @@ def create_paired_trainer(
     )
     if max_minutes is not None:
         EpochTimeLimit(float(max_minutes) * 60.0).attach(trainer)
+    if lr_warmup_iters:
+        LinearLRWarmup(int(lr_warmup_iters)).attach(trainer)
     if hasattr(train_data_loader, "set_epoch") and not isinstance(
         train_data_loader, torch.utils.data.DataLoader
     ):

@@ -180,6 +180,10 @@ class PairedDiffusionLoss(nn.Module):
         foreground_weight: ``{modality: w}``: pixels where that modality's clean image is > 0 (the tumour of a
             mask in [-1, 1]) count ``w`` times in its MSE (w >= 1), so a lesion of a few pixels is not drowned by
             the background. Needs the structured target (x0). Default: none.
+        perceptual_max_timestep: apply the perceptual term only to samples with ``t`` below this (their
+            distances summed and divided by the whole batch size): at high ``t`` the x0 estimate is the noise
+            prediction amplified by up to ``sigma/alpha`` (157 at t = 999 of the linear schedule), and the term
+            then pushes the prediction away from the MSE optimum. ``None`` (default): every timestep.
 
     Example:
         >>> import torch
@@ -205,6 +209,7 @@ class PairedDiffusionLoss(nn.Module):
         clip_original: bool = True,
         snr_gamma: float | None = None,
         foreground_weight: Mapping[str, float] | None = None,
+        perceptual_max_timestep: int | None = None,
     ) -> None:
         super().__init__()
         if snr_gamma is not None:
@@ -222,6 +227,17 @@ class PairedDiffusionLoss(nn.Module):
             fg[str(name)] = float(w)
         self.snr_gamma = snr_gamma
         self.foreground_weight = fg
+        if perceptual_max_timestep is not None and (
+            isinstance(perceptual_max_timestep, bool)
+            or int(perceptual_max_timestep) != perceptual_max_timestep
+            or perceptual_max_timestep < 1
+        ):
+            raise ValueError(
+                f"perceptual_max_timestep must be an int >= 1 or None, got {perceptual_max_timestep!r}."
+            )
+        self.perceptual_max_timestep = (
+            None if perceptual_max_timestep is None else int(perceptual_max_timestep)
+        )
         if prediction_type is None:
             prediction_type = getattr(scheduler, "prediction_type", DDPMPredictionType.EPSILON)
         allowed = [p.value for p in DDPMPredictionType]
@@ -371,6 +387,13 @@ class PairedDiffusionLoss(nn.Module):
             return clipped
         return clipped / snr.clamp_min(1e-12)
 
+    def _masked_mean(self, per_sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Mean over the batch of the samples with ``t < perceptual_max_timestep`` (all when it is ``None``)."""
+        if self.perceptual_max_timestep is None:
+            return per_sample.mean()
+        keep = (timesteps.to(per_sample.device) < self.perceptual_max_timestep).to(per_sample.dtype)
+        return (per_sample * keep).sum() / per_sample.shape[0]
+
     def _perceptual(
         self, model_output: Mapping[str, torch.Tensor], target: Mapping, modalities: list[str]
     ) -> dict[str, torch.Tensor]:
@@ -395,10 +418,13 @@ class PairedDiffusionLoss(nn.Module):
         out = {}
         for m in modalities:
             if self.perceptual_mode == PerceptualMode.RECONSTRUCTION:
-                out[m] = perceptual_distance(est_feats[m], ref_feats[m]).mean()
+                out[m] = self._masked_mean(perceptual_distance(est_feats[m], ref_feats[m]), timesteps)
             else:
                 others = [n for n in modalities if n != m]
                 out[m] = torch.stack(
-                    [perceptual_distance(est_feats[m], ref_feats[n]).mean() for n in others]
+                    [
+                        self._masked_mean(perceptual_distance(est_feats[m], ref_feats[n]), timesteps)
+                        for n in others
+                    ]
                 ).mean()
         return out

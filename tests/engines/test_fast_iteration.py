@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
 from monai_pairsynth.data import make_phantom_case
@@ -275,3 +275,37 @@ def test_compile_network_compiles_once_and_keeps_the_original_network(monkeypatc
     trainer.run()
     assert len(compiled) == 1 and compiled[0][0] is model and compiled[0][1] == {"dynamic": False}
     assert trainer.network is model and trainer.state.iteration == 2
+
+
+# ---- lr warm-up ----
+def test_lr_warmup_ramps_each_group_and_resumes_inside_the_ramp(tmp_path):
+    loader = DeviceTripletLoader.from_samples(phantom_slices(4), 2, modality_specs=MODS, seed=0)
+    common = dict(
+        device="cpu",
+        lr={"ct": 1e-3, "pet": 2e-3, "label": 4e-3},
+        lr_warmup_iters=4,
+        stats_log=False,
+        progress_bar=False,
+        tensorboard=False,
+    )
+    seen = []
+    trainer = create_paired_trainer(tiny_model(), loader, max_epochs=3, output_dir=tmp_path / "a", **common)
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: seen.append([g["lr"] for g in e.optimizer.param_groups])
+    )
+    trainer.run()
+    assert seen[0] == pytest.approx([0.25e-3, 0.5e-3, 1e-3]) and seen[3] == pytest.approx([1e-3, 2e-3, 4e-3])
+    assert seen[5] == seen[3]
+    first = create_paired_trainer(tiny_model(), loader, max_epochs=1, output_dir=tmp_path / "b", **common)
+    first.run()  # stops at iteration 2, inside the ramp
+    resumed_lrs = []
+    second = create_paired_trainer(
+        tiny_model(), loader, max_epochs=2, resume_from=tmp_path / "b" / "checkpoint.pt", **common
+    )
+    second.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: resumed_lrs.append([g["lr"] for g in e.optimizer.param_groups])
+    )
+    second.run()
+    assert resumed_lrs == [pytest.approx(x) for x in seen[2:4]]
+    with pytest.raises(ValueError, match="lr_warmup_iters"):
+        create_paired_trainer(tiny_model(), loader, max_epochs=1, device="cpu", lr_warmup_iters=-1)

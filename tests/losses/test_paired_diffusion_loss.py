@@ -226,3 +226,32 @@ def test_weighting_needs_structured_target_and_scheduler():
     target = _structured(("ct",), shape=(1, 1, 2, 2))
     with pytest.raises(KeyError, match="label"):
         loss_fn({"ct": torch.zeros(1, 1, 2, 2)}, target)
+
+
+def test_perceptual_max_timestep_drops_high_noise_samples():
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    target = _structured(("ct", "pet"), shape=(2, 1, 16, 16), seed=5)
+    target["timesteps"] = torch.tensor([100, 900])
+    g = torch.Generator().manual_seed(6)
+    pred = {m: torch.randn(2, 1, 16, 16, generator=g) for m in ("ct", "pet")}
+    full = PairedDiffusionLoss(sched, perceptual_weight=1.0)
+    low = PairedDiffusionLoss(sched, perceptual_weight=1.0, perceptual_max_timestep=500)
+    full(pred, target)
+    low(pred, target)
+    only_first = {k: (v[:1] if k != "timesteps" else v[:1]) for k, v in target.items() if k == "timesteps"}
+    first = make_paired_target(
+        {m: target["target"][m][:1] for m in pred},
+        {m: target["original"][m][:1] for m in pred},
+        {m: target["noise"][m][:1] for m in pred},
+        only_first["timesteps"],
+    )
+    single = PairedDiffusionLoss(sched, perceptual_weight=1.0)
+    single({m: pred[m][:1] for m in pred}, first)
+    # the t=900 sample is dropped, and the sum is divided by the whole batch (2)
+    for m in pred:
+        assert float(low.last_components[f"perceptual_{m}"]) == pytest.approx(
+            float(single.last_components[f"perceptual_{m}"]) / 2, rel=1e-5
+        )
+    assert float(low.last_components["perceptual"]) < float(full.last_components["perceptual"])
+    with pytest.raises(ValueError, match="perceptual_max_timestep"):
+        PairedDiffusionLoss(sched, perceptual_max_timestep=0)
