@@ -2,9 +2,11 @@
 # Everything this project runs on a lent GPU, in one command (one short lease):
 #   1. the CUDA tests (pytest -m gpu),
 #   2. generation throughput at 128x128, 20 DPM-Solver++ steps, bf16 (benchmarks/generation_throughput.py),
+#      and training throughput of the CPU-default model at 64x64, batch 64: fp32, bf16, bf16 + torch.compile
+#      (benchmarks/training_throughput.py; target >= 20 iterations/s),
 #   3. in parallel for MINUTES minutes each: the bundle's demo checkpoint (train_diffusion.json itself) and
 #      the six downstream-experiment generators (experiments/train_generators.py).
-# Results land in $OUT (default runs/gpu): throughput.json, diffusion_demo.pt (slim sampling checkpoint),
+# Results land in $OUT (default runs/gpu): throughput.json, training_throughput.json, diffusion_demo.pt (slim sampling checkpoint),
 # demo_checkpoint.pt (full training checkpoint, resumable), generators.tar, logs.tar.
 # Usage: MINUTES=6 OUT=runs/gpu bash benchmarks/gpu_session.sh
 set -u
@@ -37,21 +39,30 @@ stamp "throughput"
 [ -n "${SKIP_THROUGHPUT:-}" ] || python3 benchmarks/generation_throughput.py --device cuda --amp bf16 --batch 64 256 --json "$OUT/throughput.json" 2>&1 | tee "$W/logs/throughput.log"
 [ -n "${SKIP_THROUGHPUT:-}" ] || python3 benchmarks/generation_throughput.py --config cpu --size 64 --device cuda --amp bf16 --batch 256 --json "$W/logs/throughput_cpu_model.json" > "$W/logs/throughput_cpu_model.log" 2>&1
 
+stamp "training throughput"
+TT_ARGS=${TT_ARGS:-"--batch 64 --iters 100 --warmup 20"}  # TT_ARGS="--size 16 --batch 2 --iters 2 --warmup 1" rehearses
+python3 benchmarks/training_throughput.py --device $DEVICE $TT_ARGS --json "$OUT/training_throughput.json" \
+    2>&1 | tee "$W/logs/training_throughput.log" | grep -v "^{"
+
 stamp "training for $MINUTES min"
 demo() {  # the bundle's own config; falls back to fp32 if mixed precision fails to start
     cd "$ROOT/bundles/pet_ct_pairsynth" || return 1
     local args=(--config_file configs/train_diffusion.json --logging_file configs/logging.conf --device $DEVICE
-        --epochs 100000 --batch_size 32 --num_workers 4 --progress False
+        --epochs 100000 --batch_size ${DEMO_BATCH:-32} --progress False
         --output_dir "$W/demo" --export_path "$W/diffusion_demo.pt")
-    python3 -m monai.bundle run "${args[@]}" --max_minutes "$MINUTES" > "$W/logs/demo_train.log" 2>&1 && return 0
-    echo "demo training with AMP failed; retrying in fp32" >> "$W/logs/demo_train.log"
+    local bf16=(--amp False --autocast_dtype bfloat16)
+    [ "$DEVICE" = cpu ] && bf16=()
+    python3 -m monai.bundle run "${args[@]}" "${bf16[@]}" --max_minutes "$MINUTES" > "$W/logs/demo_train.log" 2>&1 && return 0
+    echo "demo training with bf16 failed; retrying in fp32" >> "$W/logs/demo_train.log"
     python3 -m monai.bundle run "${args[@]}" --amp False --max_minutes "$(python3 -c "print($MINUTES - 1)")" \
         >> "$W/logs/demo_train.log" 2>&1
 }
 gens() {
+    local bf16=(--no-amp --autocast bfloat16)
+    [ "$DEVICE" = cpu ] && bf16=(--no-amp)
     python3 experiments/train_generators.py --out "$W/generators" --device "$DEVICE" --max-minutes "$MINUTES" \
-        > "$W/logs/generators.log" 2>&1 && return 0
-    echo "generator training with AMP failed; retrying in fp32" >> "$W/logs/generators.log"
+        "${bf16[@]}" > "$W/logs/generators.log" 2>&1 && return 0
+    echo "generator training with bf16 failed; retrying in fp32" >> "$W/logs/generators.log"
     python3 experiments/train_generators.py --out "$W/generators" --device "$DEVICE" --no-amp \
         --max-minutes "$(python3 -c "print($MINUTES - 1)")" >> "$W/logs/generators.log" 2>&1
 }

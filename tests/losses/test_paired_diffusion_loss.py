@@ -238,12 +238,11 @@ def test_perceptual_max_timestep_drops_high_noise_samples():
     low = PairedDiffusionLoss(sched, perceptual_weight=1.0, perceptual_max_timestep=500)
     full(pred, target)
     low(pred, target)
-    only_first = {k: (v[:1] if k != "timesteps" else v[:1]) for k, v in target.items() if k == "timesteps"}
     first = make_paired_target(
         {m: target["target"][m][:1] for m in pred},
         {m: target["original"][m][:1] for m in pred},
         {m: target["noise"][m][:1] for m in pred},
-        only_first["timesteps"],
+        target["timesteps"][:1],
     )
     single = PairedDiffusionLoss(sched, perceptual_weight=1.0)
     single({m: pred[m][:1] for m in pred}, first)
