@@ -60,6 +60,8 @@ GPU_COMMANDS = {
 }
 STEP_TARGET = 1.25
 MIXING_TARGET = 1.10
+ITERATION_TARGET = 1.10
+OVERHEAD_CUT_TARGET = 5.0
 FLOP_SIZES = (("default", 128), ("cpu", 64))
 
 
@@ -216,6 +218,18 @@ def measure_mixing(repeats: int) -> dict[str, Any]:
     return result
 
 
+def measure_training_iteration(quick: bool) -> dict[str, Any]:
+    """``training_iteration.measure``: engine vs bare step at 64x64 b8, overhead at 16x16 b1 vs the baseline."""
+    import training_iteration
+
+    argv = ["--quick"] if quick else ["--repeats", "3"]
+    args = training_iteration.build_parser().parse_args(argv)
+    training_iteration.apply_quick(args)
+    out = training_iteration.measure(args)
+    out["command"] = "python benchmarks/training_iteration.py " + " ".join(argv)
+    return out
+
+
 def _git_date(path: Path) -> str:
     try:
         out = subprocess.run(
@@ -326,6 +340,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         f"python benchmarks/sampler_quality.py --num-samples {qkw['num_samples']} "
         f"--batch-size {qkw['batch_size']} --workers {qkw['workers']}" + (" --quick" if args.quick else "")
     )
+    results["training_iteration"] = stage(
+        "training iteration", lambda: measure_training_iteration(args.quick)
+    )
     results["gpu"] = stage("gpu throughput", lambda: gpu_throughput(results["flops"]))
     results["rss_kib"]["children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     results["total_seconds"] = sum(results["timings"].values())
@@ -370,6 +387,21 @@ def _targets(r: dict[str, Any]) -> list[str]:
         f"per epoch {mix['per_epoch_ratio']:.3f}× for 1.5× the samples) | "
         f"{status(mix['per_sample_ratio'], MIXING_TARGET)} | `{mix['command']}` |"
     )
+    t = r.get("training_iteration")
+    if t:
+        real, tiny = t["real"], t["tiny"]
+        lines.append(
+            f"| training iteration of the engine ≤ {ITERATION_TARGET:.2f}× the bare forward + backward + AdamW "
+            f"step of the same networks ({real['size']}×{real['size']}, batch {real['batch']}, CPU default model) | "
+            f"{real['ratio_engine_to_bare_step']:.3f}× ({real['engine_ms']:.0f} vs {real['bare_step_ms']:.0f} ms "
+            f"CPU time) | {status(real['ratio_engine_to_bare_step'], ITERATION_TARGET)} | `{t['command']}` |"
+        )
+        lines.append(
+            f"| non-network overhead per training iteration ({tiny['size']}×{tiny['size']}, batch 1) cut ≥ "
+            f"{OVERHEAD_CUT_TARGET:.0f}× from {t['baseline_ref']} | {tiny['overhead_cut']:.1f}× "
+            f"({tiny['baseline_overhead_ms']:.1f} → {tiny['current_overhead_ms']:.1f} ms CPU time) | "
+            f"{status(tiny['overhead_cut'], OVERHEAD_CUT_TARGET, higher_is_better=True)} | `{t['command']}` |"
+        )
     q = r["quality"]
     fast = [s for s in q["samplers"] if s["scheduler"] == "dpmpp"]
     if fast:

@@ -216,3 +216,25 @@ def test_render_from_json_roundtrip(tmp_path):
     assert out.read_text(encoding="utf-8") == collect.render_markdown(copy.deepcopy(results))
     with pytest.raises(SystemExit):
         collect.main(["--from-json", str(tmp_path / "missing.json"), "--output", str(out)])
+
+
+def test_training_iteration_targets_rendered():
+    r = _results()
+    r["training_iteration"] = {
+        "baseline_ref": "3c2737b",
+        "command": "python benchmarks/training_iteration.py --repeats 3",
+        "real": {
+            "size": 64,
+            "batch": 8,
+            "engine_ms": 707.0,
+            "bare_step_ms": 690.0,
+            "ratio_engine_to_bare_step": 1.025,
+        },
+        "tiny": {"size": 16, "baseline_overhead_ms": 80.0, "current_overhead_ms": 20.0, "overhead_cut": 4.0},
+    }
+    md = collect.render_markdown(r)
+    row = _target_row(md, "training iteration of the engine")
+    assert "1.025× (707 vs 690 ms CPU time) | met |" in row and "--repeats 3" in row
+    row = _target_row(md, "non-network overhead")
+    assert "4.0× (80.0 → 20.0 ms CPU time) | **not met** |" in row and "3c2737b" in row
+    assert "non-network overhead" not in collect.render_markdown(_results())  # absent when not measured
