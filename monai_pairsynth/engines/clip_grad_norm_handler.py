@@ -25,6 +25,45 @@ def _optimizer_steps_this_iteration(engine: Any) -> bool:
     return engine.state.iteration % acc == 0
 
 
+def _uniform(params: list[torch.nn.Parameter]) -> bool:
+    """All dense, on one device, of one dtype (then so are their gradients)."""
+    first = params[0]
+    return all(p.device == first.device and p.dtype == first.dtype and not p.is_sparse for p in params)
+
+
+def _clip_groups(
+    groups: dict[str, list[torch.nn.Parameter]], max_norm: float, norm_type: float, uniform: bool
+) -> dict[str, torch.Tensor]:
+    """Clip each group's gradients to ``max_norm``; returns the norms before clipping (0-d device tensors).
+
+    One ``_foreach_norm`` over every gradient and one ``_foreach_mul_`` per group, with no host sync. torch's
+    ``clip_grad_norm_`` does the same per call, but sorts its ~1,000 tensors by device and dtype (hashing each)
+    every time: about 3 ms per group per iteration for the linked model. Gradients of mixed devices or
+    dtypes, or a p-norm other than 2, go through ``clip_grad_norm_``.
+    """
+    grads = {name: [p.grad for p in params if p.grad is not None] for name, params in groups.items()}
+    flat = [g for gs in grads.values() for g in gs]
+    if not flat:
+        return {name: torch.zeros(()) for name in groups}
+    first = flat[0]
+    if norm_type != 2.0 or not uniform:
+        return {
+            name: torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type=norm_type)
+            for name, params in groups.items()
+        }
+    squares = torch.stack(torch._foreach_norm(flat)).float().pow(2)
+    norms: dict[str, torch.Tensor] = {}
+    start = 0
+    for name, gs in grads.items():
+        norm = squares[start : start + len(gs)].sum().sqrt()
+        start += len(gs)
+        norms[name] = norm
+        if gs:
+            coef = (max_norm / (norm + 1e-6)).clamp(max=1.0).to(first.dtype)
+            torch._foreach_mul_(gs, coef)
+    return norms
+
+
 class ClipGradNormHandler:
     """Clip gradient norms between ``backward()`` and ``optimizer.step()`` of a MONAI trainer, with no host sync.
 
@@ -71,6 +110,8 @@ class ClipGradNormHandler:
         self.norm_type = float(norm_type)
         self.parameters = None if parameters is None else list(parameters)
         self.per_group = bool(per_group)
+        self._uniform_key: tuple | None = None
+        self._uniform = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
@@ -88,12 +129,11 @@ class ClipGradNormHandler:
             }
         else:
             groups = {"all": [p for g in engine.optimizer.param_groups for p in g["params"]]}
-        norms = {
-            name: torch.nn.utils.clip_grad_norm_(
-                params, self.max_norm, norm_type=self.norm_type, foreach=None
-            )
-            for name, params in groups.items()
-        }
+        key = tuple((name, len(params)) for name, params in groups.items())
+        if self._uniform_key != key:  # checked once per parameter layout, not per iteration
+            self._uniform_key = key
+            self._uniform = _uniform([p for params in groups.values() for p in params] or [torch.zeros(())])
+        norms = _clip_groups(groups, self.max_norm, self.norm_type, self._uniform)
         engine.state.grad_norms = norms
         if len(norms) == 1:
             engine.state.grad_norm = next(iter(norms.values())).detach()

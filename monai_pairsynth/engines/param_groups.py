@@ -92,6 +92,68 @@ def paired_param_groups(
     return groups
 
 
+class ListCachingAdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` that gathers each group's state lists once instead of at every step.
+
+    ``AdamW.step`` rebuilds, per group and per step, the lists of parameters, gradients and moment tensors
+    in a Python loop over every parameter (about 9 µs each: ~8 ms per step for the ~930 tensors of the
+    linked model, as much as the fused update itself). Here the state lists are kept after the first step;
+    each step only re-reads the gradients (which ``zero_grad(set_to_none=True)`` replaces). Whenever a
+    parameter has no gradient, or after ``load_state_dict``, the group goes through torch's own loop again.
+    The update, the state and the state dict are torch's: this class only skips re-gathering.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> opt = ListCachingAdamW([w], lr=0.1)
+        >>> for _ in range(2):
+        ...     w.grad = torch.ones(2); opt.step()
+        >>> [round(v, 4) for v in w.tolist()]
+        [0.7981, 0.7981]
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lists: dict[int, tuple] = {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._lists = {}
+        super().load_state_dict(state_dict)
+
+    def _init_group(
+        self, group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
+    ):  # type: ignore[no-untyped-def]
+        params = group["params"]
+        current = [p.grad for p in params]
+        complete = not any(g is None for g in current)  # (not `None in current`: that calls Tensor.__eq__)
+        cached = self._lists.get(id(group))
+        if cached is not None and cached[0] is params and len(cached[1]) == len(params) and complete:
+            _, ps, avgs, sqs, maxs, steps, has_complex = cached
+            params_with_grad.extend(ps)
+            grads.extend(current)
+            exp_avgs.extend(avgs)
+            exp_avg_sqs.extend(sqs)
+            max_exp_avg_sqs.extend(maxs)
+            state_steps.extend(steps)
+            return has_complex
+        has_complex = super()._init_group(
+            group, params_with_grad, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
+        )
+        if complete:
+            self._lists[id(group)] = (
+                params,
+                list(params_with_grad),
+                list(exp_avgs),
+                list(exp_avg_sqs),
+                list(max_exp_avg_sqs),
+                list(state_steps),
+                has_complex,
+            )
+        else:
+            self._lists.pop(id(group), None)
+        return has_complex
+
+
 def create_paired_optimizer(
     model: nn.Module,
     lr: float | Mapping[str, float] = 1e-4,
@@ -119,4 +181,4 @@ def create_paired_optimizer(
         params = [p for g in groups for p in g["params"]]
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     kind = {"fused": True} if fused else {"foreach": True}
-    return torch.optim.AdamW(groups, betas=betas, eps=eps, **kind)
+    return ListCachingAdamW(groups, betas=betas, eps=eps, **kind)

@@ -309,3 +309,36 @@ def test_lr_warmup_ramps_each_group_and_resumes_inside_the_ramp(tmp_path):
     assert resumed_lrs == [pytest.approx(x) for x in seen[2:4]]
     with pytest.raises(ValueError, match="lr_warmup_iters"):
         create_paired_trainer(tiny_model(), loader, max_epochs=1, device="cpu", lr_warmup_iters=-1)
+
+
+@pytest.mark.parametrize("kind", [{"fused": True}, {"foreach": True}])
+def test_list_caching_adamw_equals_torch_adamw(kind):
+    from monai_pairsynth.engines.param_groups import ListCachingAdamW
+
+    def run(cls):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        opt = cls(
+            [{"params": net[0].parameters(), "lr": 1e-2}, {"params": net[1].parameters(), "lr": 2e-2}],
+            weight_decay=0.01,
+            **kind,
+        )
+        g = torch.Generator().manual_seed(1)
+        for step in range(6):
+            opt.zero_grad(set_to_none=True)
+            net(torch.randn(5, 3, generator=g)).pow(2).mean().backward()
+            if step == 3:
+                net[1].bias.grad = None  # a parameter without gradient: the group goes through torch's loop
+            opt.step()
+            if step == 4:  # a reload replaces the state tensors: the cached lists must not be used after it
+                opt.load_state_dict(opt.state_dict())
+        return net, opt
+
+    ours, ours_opt = run(ListCachingAdamW)
+    ref, ref_opt = run(torch.optim.AdamW)
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        assert torch.equal(a, b)
+    sa, sb = ours_opt.state_dict(), ref_opt.state_dict()
+    for k in sb["state"]:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa["state"][k][name], sb["state"][k][name]), (k, name)
