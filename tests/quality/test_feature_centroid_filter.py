@@ -261,6 +261,35 @@ def test_memorisation_guard_rejects_near_copies_of_training_samples(fitted, real
     assert independent.reason_counts()["memorised"] <= 1
 
 
+def test_memorisation_guard_with_a_calibration_set(real):
+    # held-out calibration cases add their own distances to the training samples (what a new, non-copied case
+    # gives); the guard takes the smaller of the two quantiles. One calibration case is a training case here, so
+    # that the low quantile comes from the calibration set and the median from the training set.
+    calibration = [*phantom_cases(15, base_seed=2000, **TINY), real[0]]
+    filt = FeatureCentroidFilter(tiny_network(), mc_passes=3, seed=0).fit(real, calibration=calibration)
+    real_scores = filt.real_scores
+    loo, held_out = real_scores["nearest_real"], real_scores["calibration_nearest_real"]
+    assert loo.shape == (24,) and held_out.shape == (16,)
+    assert torch.allclose(held_out, filt.score(stack(calibration))["nearest_real"])
+
+    def smaller_quantile(p):
+        return min(float(torch.quantile(loo.double(), p)), float(torch.quantile(held_out.double(), p)))
+
+    assert filt.thresholds["min_nearest_real"] == pytest.approx(smaller_quantile(0.01))
+    assert smaller_quantile(0.01) < float(torch.quantile(loo.double(), 0.01))
+    assert smaller_quantile(0.5) < float(torch.quantile(held_out.double(), 0.5))
+    median = filt.calibrate(memorisation_quantile=0.5)["min_nearest_real"]
+    assert median == pytest.approx(smaller_quantile(0.5))
+    # reloaded (with its own quantile, 0.01)
+    reloaded = FeatureCentroidFilter(tiny_network(), mc_passes=3, seed=0).load_state_dict(filt.state_dict())
+    assert reloaded.thresholds["min_nearest_real"] == pytest.approx(smaller_quantile(0.01))
+    # a state without them (fitted without calibration, or saved before) uses the training distances alone
+    state = filt.state_dict()
+    del state["fitted"]["real_scores"]["calibration_nearest_real"]
+    older = FeatureCentroidFilter(tiny_network(), mc_passes=3, seed=0).load_state_dict(state)
+    assert older.thresholds["min_nearest_real"] == pytest.approx(float(torch.quantile(loo.double(), 0.01)))
+
+
 def test_running_counts(real, candidates):
     filt = FeatureCentroidFilter(tiny_network(), mc_passes=1).fit(real)
     assert filt.counts["seen"] == 0

@@ -10,6 +10,7 @@ from monai_pairsynth.modalities import DEFAULT_MODALITY_SPECS
 from monai_pairsynth.quality import (
     build_feature_segmenter,
     load_feature_segmenter,
+    prepare_triplet_batch,
     save_feature_segmenter,
     train_feature_segmenter,
     unet_encoder_layers,
@@ -88,13 +89,25 @@ def test_training_is_seeded_and_leaves_global_rng_alone(tmp_path):
     assert not any(m.training for m in a.modules())
     # physical units give the same network as normalised data (up to the float rounding of the unit round trip)
     physical = [{k: DEFAULT_MODALITY_SPECS[k].denormalize(v) for k, v in case.items()} for case in cases]
+    normalised_inputs, _, _ = prepare_triplet_batch(
+        stack(cases), ["ct", "pet"], "label", "normalized", DEFAULT_MODALITY_SPECS, check_range=True
+    )
+    physical_inputs, _, _ = prepare_triplet_batch(
+        stack(physical), ["ct", "pet"], "label", "physical", DEFAULT_MODALITY_SPECS, check_range=True
+    )
+    assert torch.allclose(physical_inputs, normalised_inputs, atol=1e-5)  # measured 6e-8
     d = train_feature_segmenter(physical, units="physical", **kwargs)
-    for pa, pd in zip(a.state_dict().values(), d.state_dict().values()):
-        assert torch.allclose(pa, pd, atol=2e-3)
+    # Compare what the two networks compute, not their weights: a conv bias in front of an instance norm has a
+    # gradient that is zero up to rounding, which Adam turns into steps of about the learning rate, so those
+    # biases differ by up to 4 steps x 2e-3 (how depends on the CPU's rounding; 3.5e-3 measured on an AVX-512
+    # Xeon) while the outputs agree to 1e-6. A unit error shows: inputs scaled by 0.999 instead change the
+    # probabilities by 9e-4, scaled by 0.99 by 6e-3.
+    x = torch.cat([stack(cases)["ct"], stack(cases)["pet"]], 1)
+    with torch.no_grad():
+        assert torch.allclose(a(x).softmax(1), d(x).softmax(1), atol=1e-4)  # measured 7e-7
     # save / load round trip: same predictions
     path = save_feature_segmenter(a, tmp_path / "seg.pt")
     loaded = load_feature_segmenter(path)
-    x = torch.cat([stack(cases)["ct"], stack(cases)["pet"]], 1)
     with torch.no_grad():
         assert torch.equal(a(x), loaded(x))
 
