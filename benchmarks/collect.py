@@ -631,6 +631,15 @@ def render_markdown(r: dict[str, Any]) -> str:
         "CPU time), so both sides see the same load; absolute times on a shared machine are inflated by other "
         "jobs."
     )
+    for u in r.get("updates", []):
+        lu = u["machine"].get("load_average")
+        intro += (
+            f" **Re-measured later**: the `{u['stage']}` stage on {u['date']} (`python benchmarks/collect.py "
+            f"--from-json ... --update {u['stage']}`, same kind of machine, 1-minute load average at its start "
+            f"{lu[0]:.2f})."
+            if lu
+            else f" **Re-measured later**: the `{u['stage']}` stage on {u['date']}."
+        )
     parts = [
         "# Benchmarks",
         "",
@@ -697,6 +706,38 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+#: stages that ``--update`` can re-measure on top of an earlier run
+UPDATABLE = ("training_iteration", "quality")
+
+
+def update(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Re-measure ``args.update`` stages into ``results`` (a copy), recording the date of each."""
+    import sampler_quality
+
+    torch.set_num_threads(1)
+    out = json.loads(json.dumps(results))
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out.setdefault("updates", [])
+    for name in args.update:
+        start = time.perf_counter()
+        if name == "training_iteration":
+            out["training_iteration"] = measure_training_iteration(args.quick)
+        else:
+            qkw: dict[str, Any] = {
+                "num_samples": args.num_samples or 24,
+                "batch_size": 6,
+                "workers": args.workers or 2,
+            }
+            out["quality"] = sampler_quality.run_quality(verbose=True, **qkw)
+            out["quality_command"] = (
+                f"python benchmarks/sampler_quality.py --num-samples {qkw['num_samples']} "
+                f"--batch-size {qkw['batch_size']} --workers {qkw['workers']}"
+            )
+        out["timings"][name] = time.perf_counter() - start
+        out["updates"].append({"stage": name, "date": now, "machine": machine_info()})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a rehearsal with tiny sizes (about 1-2 min)")
@@ -709,7 +750,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--from-json", default=None, help="render the results of an earlier --json run instead of measuring"
     )
+    parser.add_argument(
+        "--update",
+        nargs="+",
+        default=None,
+        choices=sorted(UPDATABLE),
+        help="with --from-json: re-measure only these stages (e.g. after a new demo checkpoint or a faster "
+        "engine), keep the others, and say on the page which stages were measured when",
+    )
     args = parser.parse_args(argv)
+    if args.update and not args.from_json:
+        parser.error("--update needs --from-json (the earlier results it updates)")
     if args.num_samples is not None and args.num_samples < 2:
         parser.error("--num-samples must be at least 2")
     if args.workers is not None and args.workers < 1:
@@ -722,6 +773,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not path.is_file():
             parser.error(f"--from-json: no file at {path}")
         results = json.loads(path.read_text(encoding="utf-8"))
+        if args.update:
+            results = update(results, args)
     else:
         results = collect(args)
     text = render_markdown(results)

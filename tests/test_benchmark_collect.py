@@ -238,3 +238,40 @@ def test_training_iteration_targets_rendered():
     row = _target_row(md, "non-network overhead")
     assert "4.0× (80.0 → 20.0 ms CPU time) | **not met** |" in row and "3c2737b" in row
     assert "non-network overhead" not in collect.render_markdown(_results())  # absent when not measured
+
+
+def test_update_remeasures_named_stages_and_says_so(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        collect,
+        "measure_training_iteration",
+        lambda quick: (
+            calls.append(quick)
+            or {
+                "baseline_ref": "b",
+                "command": "python benchmarks/training_iteration.py --repeats 3",
+                "real": {
+                    "size": 64,
+                    "batch": 8,
+                    "engine_ms": 1.0,
+                    "bare_step_ms": 1.0,
+                    "ratio_engine_to_bare_step": 1.0,
+                },
+                "tiny": {
+                    "size": 16,
+                    "baseline_overhead_ms": 10.0,
+                    "current_overhead_ms": 1.0,
+                    "overhead_cut": 10.0,
+                },
+            }
+        ),
+    )
+    old = _results()
+    args = collect.argparse.Namespace(
+        update=["training_iteration"], quick=False, num_samples=None, workers=None
+    )
+    new = collect.update(old, args)
+    assert calls == [False] and "training_iteration" not in old and new["quality"] == old["quality"]
+    md = collect.render_markdown(new)
+    assert "**Re-measured later**: the `training_iteration` stage on" in md
+    assert "| met |" in _target_row(md, "non-network overhead")
