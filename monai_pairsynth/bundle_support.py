@@ -737,9 +737,9 @@ def build_synthesis_pool(
         quality_filter: a fitted filter (:func:`train_quality_filter`), or ``None`` with ``filter_mode="none"``.
         pool_size: triplets to keep (>= 1).
         filter_mode: ``"pool"`` (4 candidates per kept triplet), ``"streaming"`` or ``"none"``.
-        scheduler, num_inference_steps: the sampler (the package default, DPM-Solver++ with 20 steps, as in
-            :class:`DiffusionPoolSource`; the bundle's configs pass ``"ddpm"`` with 100 steps, which stays
-            robust on young checkpoints where the deterministic samplers diverge, see docs/sampling.md).
+        scheduler, num_inference_steps: the sampler (default: the package default,
+            ``monai_pairsynth.schedulers.DEFAULT_SAMPLER`` / ``DEFAULT_SAMPLER_STEPS``, which the bundle's configs
+            take too; ``"ddpm"`` with 100 steps is the robust choice for a young checkpoint, see docs/sampling.md).
         batch_size: triplets per network call.
         device: sampling device (default CUDA when available).
         seed: generation seed (rank ``r`` uses ``seed + 7919 r``).

@@ -8,7 +8,7 @@ Four ``python -m monai.bundle run`` commands on the bundle's own configs, each p
 
 1. ``train_segmentation.json`` with ``synthetic_ratio 0`` (real only), in the background while step 2 runs;
 2. ``generate.json``: train the quality filter's segmenter on the real training cases, generate candidates with
-   the demo diffusion checkpoint (strided DDPM, 50 steps), keep the filtered ones in a pool; writes ``pool.pt``,
+   the demo diffusion checkpoint (DPM-Solver++, 20 steps), keep the filtered ones in a pool; writes ``pool.pt``,
    the filter, ``preview.png`` and ``counts.json``;
 3. ``train_segmentation.json`` with ``synthetic_ratio 0.5`` and the pool (same seed, same real data);
 4. ``evaluate.json``: test Dice of both (paired over the test cases) and the pool's generation metrics.
@@ -65,7 +65,7 @@ FULL = DemoSettings(
     num_val_cases=8,
     num_test_cases=32,
     synthetic_ratio=0.5,
-    num_inference_steps=50,
+    num_inference_steps=20,
     segmenter_epochs=30,
     epochs=60,
     val_interval=5,
@@ -76,7 +76,7 @@ QUICK = DemoSettings(
     num_val_cases=4,
     num_test_cases=8,
     synthetic_ratio=0.5,
-    num_inference_steps=20,
+    num_inference_steps=10,
     segmenter_epochs=5,
     epochs=4,
     val_interval=2,
@@ -345,7 +345,7 @@ def run_demo(
     pool = results.get("pool") or {}
     preview = (pool.get("files") or {}).get("preview") or str(out / "generate" / "preview.png")
     results["extra_rows"] = {
-        "sampler": f"DDPM (strided), {settings.num_inference_steps} steps, {device}",
+        "sampler": f"DPM-Solver++(2M), {settings.num_inference_steps} steps, {device}",
         "wall time: train real only (parallel to generate) / generate / train mixed / evaluate": " / ".join(
             f"{timings[n]:.0f} s" for n in ("seg_real_only", "generate", "seg_mixed", "evaluate")
         ),
