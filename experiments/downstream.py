@@ -75,7 +75,9 @@ class Settings:
     seg_batch: int = 8
     seg_lr: float = 1e-3
     filter_epochs: int = 30
-    plausibility: bool = True  # the filter's plausibility rules (empty mask, mask outside body, no PET uptake)
+    plausibility: bool = (
+        True  # the filter's plausibility rules (empty mask, mask outside body, no PET uptake)
+    )
 
     def pool_size(self, n_real: int) -> int:
         return dict(self.pool_sizes)[n_real]
