@@ -54,17 +54,11 @@ WIDTHS = {
 # worker side (runs inside one process, with whichever monai_pairsynth is first on sys.path)
 # ----------------------------------------------------------------------------------------------------------------
 def _slices(n: int, size: int) -> list[dict]:
-    import torch
+    """``n`` phantom slices in [-1, 1] at ``size x size`` (the training dataset's own builder; in the baseline too)."""
+    from monai_pairsynth.engines import build_training_dataset
 
-    from monai_pairsynth.data import make_phantom_case
-    from monai_pairsynth.modalities import resolve_specs
-
-    specs = resolve_specs(MODS)
-    out = []
-    for s in range(n):
-        case = make_phantom_case(s, spatial_size=(size, size), spacing=4.0 * 64 / size)
-        out.append({m: specs[m].normalize(torch.as_tensor(case[m]).float()) for m in MODS})
-    return out
+    ds = build_training_dataset(num_cases=n, spatial_size=(size, size), spacing=4.0 * 64 / size)
+    return [ds[i] for i in range(len(ds))]
 
 
 def _bare_times(

@@ -27,9 +27,12 @@ from typing import Any
 import torch
 from ignite.engine import Events
 
-from monai_pairsynth.data import make_phantom_case
-from monai_pairsynth.engines import DEFAULT_CPU_MODEL_KWARGS, DeviceTripletLoader, create_paired_trainer
-from monai_pairsynth.modalities import resolve_specs
+from monai_pairsynth.engines import (
+    DEFAULT_CPU_MODEL_KWARGS,
+    DeviceTripletLoader,
+    build_training_dataset,
+    create_paired_trainer,
+)
 from monai_pairsynth.networks import PairedDiffusionModel
 
 MODS = ("ct", "pet", "label")
@@ -37,9 +40,8 @@ VARIANTS = {"fp32": (None, False), "bf16": ("bfloat16", False), "bf16-compile": 
 
 
 def phantom_tensors(num: int, size: int) -> dict[str, torch.Tensor]:
-    specs = resolve_specs(MODS)
-    cases = [make_phantom_case(s, spatial_size=(size, size), spacing=4.0 * 64 / size) for s in range(num)]
-    return {m: torch.stack([specs[m].normalize(torch.as_tensor(c[m]).float()) for c in cases]) for m in MODS}
+    ds = build_training_dataset(num_cases=num, spatial_size=(size, size), spacing=4.0 * 64 / size)
+    return {m: torch.stack([torch.as_tensor(ds[i][m]) for i in range(len(ds))]) for m in MODS}
 
 
 def measure(

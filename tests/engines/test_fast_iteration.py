@@ -9,16 +9,15 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import EMAHandler
 
-from monai_pairsynth.data import make_phantom_case
 from monai_pairsynth.engines import (
     DeviceTripletLoader,
     ForeachEMAHandler,
     PairedNoiseInferer,
+    build_training_dataset,
     create_paired_optimizer,
     create_paired_trainer,
     skip_redundant_train_calls,
 )
-from monai_pairsynth.modalities import resolve_specs
 from monai_pairsynth.networks import PairedDiffusionModel
 
 MODS = ("ct", "pet", "label")
@@ -38,9 +37,8 @@ def tiny_model(seed=0):
 
 
 def phantom_slices(n=8, size=16):
-    specs = resolve_specs(MODS)
-    cases = [make_phantom_case(s, spatial_size=(size, size), spacing=64.0 / size * 4) for s in range(n)]
-    return [{m: specs[m].normalize(torch.as_tensor(c[m]).float()) for m in MODS} for c in cases]
+    ds = build_training_dataset(num_cases=n, spatial_size=(size, size), spacing=64.0 / size * 4)
+    return [ds[i] for i in range(len(ds))]
 
 
 # ---- EMA ----
