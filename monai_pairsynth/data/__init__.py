@@ -36,9 +36,11 @@ from .synthesis_pool import (
     RefillOrder,
     SynthesisPool,
 )
+from .validation import MAX_SYNTHETIC_RATIO, ValidateCased
 
 __all__ = [
     "HECKTOR_CENTRES",
+    "MAX_SYNTHETIC_RATIO",
     "CentreOfMassCrop",
     "CentreOfMassCropd",
     "CheckBinaryLabeld",
@@ -59,6 +61,7 @@ __all__ = [
     "PoolUpdate",
     "RefillOrder",
     "SynthesisPool",
+    "ValidateCased",
     "augmentation_transforms",
     "hecktor_datalist",
     "load_datalist_json",

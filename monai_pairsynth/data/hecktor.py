@@ -30,6 +30,7 @@ from monai.transforms import Orientation
 
 from ..utils import atomic_write, atomic_write_json
 from .phantom import make_phantom_case
+from .validation import DatasetError, check_case_geometry
 
 __all__ = [
     "HECKTOR_CENTRES",
@@ -49,10 +50,6 @@ _PATIENT_RE = re.compile(r"^([A-Za-z]+-\d+)")
 _MAX_LISTED = 10
 
 
-class DatasetError(ValueError):
-    """A dataset on disk (or a datalist) is missing, inconsistent or unreadable; the message names the file or case."""
-
-
 def _raise_all(problems: list[str], header: str) -> None:
     if problems:
         more = f"\n  ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
@@ -70,14 +67,17 @@ def patient_id_from_case(case_id: str) -> str:
     return m.group(1) if m else case_id
 
 
-def _check_readable(path: Path, what: str) -> None:
+def _check_readable(path: Path, what: str) -> tuple[tuple[int, ...], np.ndarray]:
+    """Read a NIfTI header; returns its spatial shape and affine."""
     try:
         img = nib.load(str(path))
         shape = img.shape
+        affine = np.asarray(img.affine, dtype=np.float64)
     except Exception as err:  # nibabel raises many types (ImageFileError, OSError, EOFError, gzip errors)
         raise DatasetError(f"cannot read {what} file {path}: {type(err).__name__}: {err}") from err
     if len(shape) not in (2, 3) and not (len(shape) == 4 and shape[3] == 1):
         raise DatasetError(f"{what} file {path} has shape {shape}; expected a 2D or 3D image.")
+    return tuple(int(s) for s in shape[:3]), affine
 
 
 def hecktor_datalist(
@@ -89,7 +89,9 @@ def hecktor_datalist(
         root: dataset folder.
         require_labels: every case must have ``labelsTr/<case>.nii.gz`` (set False for unlabelled data;
             the ``"label"`` key is then omitted where missing).
-        check_readable: read every NIfTI header, so an unreadable file fails here, naming it.
+        check_readable: read every NIfTI header, so an unreadable file fails here, naming it, and check the
+            geometry of each case from the headers (:func:`~monai_pairsynth.data.validation.check_case_geometry`:
+            all files 2D or all 3D, the label on the CT grid, the PET overlapping the CT).
 
     Returns:
         ``[{"ct": path, "pet": path, "label": path, "case_id": "CHUM-001", "patient_id": "CHUM-001"}, ...]``
@@ -97,8 +99,8 @@ def hecktor_datalist(
 
     Raises:
         DatasetError: missing/empty folder, a case with CT but no PET (or PET but no CT), a missing label,
-            a label with no images, an unrecognised NIfTI name or an unreadable file; the message names
-            every offending file or case.
+            a label with no images, an unrecognised NIfTI name, an unreadable file or inconsistent geometry; the
+            message names every offending file or case.
     """
     root = Path(root)
     if not root.is_dir():
@@ -154,9 +156,13 @@ def hecktor_datalist(
     _raise_all(problems, f"HECKTOR folder {root} is inconsistent:")
     if check_readable:
         for item in datalist:
-            for key in ("ct", "pet", "label"):
-                if key in item:
-                    _check_readable(Path(item[key]), f"{key} (case {item['case_id']})")
+            headers = {
+                key: _check_readable(Path(item[key]), f"{key} (case {item['case_id']})")
+                for key in ("ct", "pet", "label")
+                if key in item
+            }
+            names = {key: f"{key} file {item[key]} (case {item['case_id']})" for key in headers}
+            check_case_geometry(headers, "ct", mask_keys=["label"], names=names)
     return datalist
 
 

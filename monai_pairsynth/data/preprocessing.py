@@ -2,7 +2,7 @@
 
 The file pipeline built by :func:`preprocessing_transforms` is, in MONAI terms::
 
-    LoadCaseImaged -> EnsureChannelFirstd -> CheckBinaryLabeld -> Orientationd("RAS")
+    LoadCaseImaged -> EnsureChannelFirstd -> ValidateCased -> CheckBinaryLabeld -> Orientationd("RAS")
       -> ResampleToMatchd(PET, label -> CT grid) -> Spacingd(2 mm; bilinear images, nearest masks)
       -> NormalizeModalitiesd([-1, 1] per ModalitySpec) -> ExtractTumourSlicesd (2D axial tumour slices)
       -> CentreOfMassCropd(128 x 128 around the body's centre of mass)
@@ -14,6 +14,7 @@ Our own transforms cover only what MONAI lacks: reading errors and label checks 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
@@ -40,7 +41,13 @@ from monai.transforms.traits import MultiSampleTrait
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
 
 from ..modalities import ModalitySpec, resolve_specs
-from .hecktor import DatasetError
+from .validation import (
+    DatasetError,
+    ValidateCased,
+    check_label_values,
+    describe_key,
+    log_empty_mask,
+)
 
 __all__ = [
     "CentreOfMassCrop",
@@ -56,14 +63,7 @@ __all__ = [
     "preprocessing_transforms",
 ]
 
-
-def _describe(d: Mapping[Hashable, Any], key: Hashable) -> str:
-    """``"label file /x/CHUM-001.nii.gz (case CHUM-001)"`` for error messages."""
-    img = d.get(key)
-    src = img.meta.get("filename_or_obj") if isinstance(img, MetaTensor) else None
-    case = d.get("case_id")
-    parts = [f"{key!s}"] + ([f"file {src}"] if src else []) + ([f"(case {case})"] if case is not None else [])
-    return " ".join(parts)
+logger = logging.getLogger(__name__)
 
 
 def _specs_for(
@@ -168,15 +168,8 @@ class CheckBinaryLabeld(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             t = convert_to_tensor(img, track_meta=False)
-            values = torch.unique(t)
             allowed = {0.0, 1.0} | set(self.foreground_values or ())
-            bad = [v for v in values.tolist() if v not in allowed]
-            if bad:
-                shown = ", ".join(f"{v:g}" for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
-                extra = f" or {sorted(allowed - {0.0, 1.0})}" if self.foreground_values else ""
-                raise DatasetError(
-                    f"{_describe(d, key)} is not a binary mask: values {shown} outside {{0, 1}}{extra}."
-                )
+            check_label_values(t, allowed, describe_key(d, key))
             if self.foreground_values is not None:
                 fg = torch.zeros_like(t, dtype=torch.bool)
                 for v in self.foreground_values:
@@ -250,7 +243,7 @@ class ExtractTumourSlicesd(MapTransform, MultiSampleTrait):
     A multi-sample transform (like :class:`monai.transforms.RandCropByPosNegLabeld`): it returns a list of
     dicts, one per slice whose ``label_key`` has at least ``min_tumour_voxels`` voxels above ``threshold``
     (0 works for a {0, 1} mask and for a normalised {-1, 1} one). Non-image entries are copied; each slice
-    gets ``"slice_index"``. A slice keeps a 4×4 affine placing it at its ``z`` position. A 2D input is
+    gets ``"slice_index"``. A case without such a slice gives ``[]`` and a warning naming it. A slice keeps a 4×4 affine placing it at its ``z`` position. A 2D input is
     returned as ``[data]`` if it contains tumour, else ``[]``.
 
     Args:
@@ -311,10 +304,13 @@ class ExtractTumourSlicesd(MapTransform, MultiSampleTrait):
             raise KeyError(f"label key {self.label_key!r} not in data (keys: {list(d)}).")
         label = convert_to_tensor(d[self.label_key], track_meta=False)
         if label.ndim == 3:  # already a 2D slice
-            return [d] if int((label > self.threshold).sum()) >= self.min_tumour_voxels else []
+            if int((label > self.threshold).sum()) >= self.min_tumour_voxels:
+                return [d]
+            log_empty_mask(describe_key(d, self.label_key), self.min_tumour_voxels)
+            return []
         if label.ndim != 4:
             raise ValueError(
-                f"{_describe(d, self.label_key)} must be (C, H, W, D) or (C, H, W), got shape {tuple(label.shape)}."
+                f"{describe_key(d, self.label_key)} must be (C, H, W, D) or (C, H, W), got shape {tuple(label.shape)}."
             )
         counts = (label > self.threshold).sum(dim=tuple(range(label.ndim - 1)))
         keys = list(self.key_iterator(d))
@@ -324,11 +320,13 @@ class ExtractTumourSlicesd(MapTransform, MultiSampleTrait):
             for key in keys:
                 if convert_to_tensor(d[key], track_meta=False).shape[-1] != label.shape[-1]:
                     raise ValueError(
-                        f"{_describe(d, key)} has shape {tuple(d[key].shape)}, label {tuple(label.shape)}."
+                        f"{describe_key(d, key)} has shape {tuple(d[key].shape)}, label {tuple(label.shape)}."
                     )
                 s[key] = self._slice(d[key], k)
             s["slice_index"] = k
             out.append(s)
+        if not out:
+            log_empty_mask(describe_key(d, self.label_key), self.min_tumour_voxels)
         return out
 
 
@@ -462,7 +460,7 @@ class CentreOfMassCropd(MapTransform):
         for key in self.key_iterator(d):
             if tuple(d[key].shape[1:]) != ref_shape:
                 raise ValueError(
-                    f"{_describe(d, key)} has spatial shape {tuple(d[key].shape[1:])}, {self.source_key} has {ref_shape}."
+                    f"{describe_key(d, key)} has spatial shape {tuple(d[key].shape[1:])}, {self.source_key} has {ref_shape}."
                 )
             d[key] = self.croppers[str(key)].apply_box(d[key], start, size)
         return d
@@ -505,7 +503,9 @@ def preprocessing_transforms(
         [-1, 1], each image ``(1, *spatial_size)``.
 
     Raises:
-        DatasetError: unreadable file or non-binary label, naming the file and case.
+        DatasetError: unreadable file, non-finite values, a non-real dtype, inconsistent geometry of the case's
+            files (2D beside 3D, a mask off the reference grid, an image outside the reference) or a non-binary
+            label, naming the file and case (:class:`~monai_pairsynth.data.validation.ValidateCased`).
     """
     keys = list(keys)
     if label_key not in keys:
@@ -525,6 +525,7 @@ def preprocessing_transforms(
     if load:
         transforms += [LoadCaseImaged(keys, image_only=True), EnsureChannelFirstd(keys)]
     transforms += [
+        ValidateCased(keys, reference_key=ref, mask_keys=mask_keys),
         CheckBinaryLabeld(mask_keys, foreground_values=foreground_values),
         Orientationd(keys, axcodes="RAS", labels=None),
     ]
@@ -603,10 +604,31 @@ def augmentation_transforms(
     )
 
 
-def preprocess_datalist(datalist: Iterable[Mapping[str, Any]], transform: Callable) -> list[dict[str, Any]]:
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost cause of MONAI's ``RuntimeError("applying transform ...")`` wrapping."""
+    seen = {id(err)}
+    while err.__cause__ is not None and id(err.__cause__) not in seen:
+        err = err.__cause__
+        seen.add(id(err))
+    return err
+
+
+def preprocess_datalist(
+    datalist: Iterable[Mapping[str, Any]],
+    transform: Callable,
+    summary: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Apply ``transform`` (e.g. :func:`preprocessing_transforms`) to every item, flattening slice lists.
 
-    Errors are raised as :class:`DatasetError` naming the case; nothing is returned half-way.
+    Errors are raised as :class:`DatasetError` naming the case and the root cause (not MONAI's "applying
+    transform" wrapper); nothing is returned half-way. A case that gives no sample (an empty mask) is logged
+    by name and counted; one summary line is logged at the end.
+
+    Args:
+        datalist: items (file paths or in-memory cases).
+        transform: the per-case pipeline.
+        summary: optional dict that receives ``cases``, ``samples`` and ``empty_cases`` (the ids of cases that
+            gave no sample), for a run's summary.
 
     Example:
         >>> from monai_pairsynth.data import make_phantom_case
@@ -617,13 +639,34 @@ def preprocess_datalist(datalist: Iterable[Mapping[str, Any]], transform: Callab
         (True, True)
     """
     out: list[dict[str, Any]] = []
+    empty: list[str] = []
+    count = 0
     for i, item in enumerate(datalist):
+        name = item.get("case_id", f"entry {i}") if isinstance(item, Mapping) else f"entry {i}"
         try:
             result = transform(item)
         except DatasetError:
             raise
         except Exception as err:
-            name = item.get("case_id", f"entry {i}") if isinstance(item, Mapping) else f"entry {i}"
-            raise DatasetError(f"preprocessing failed for case {name}: {type(err).__name__}: {err}") from err
-        out.extend(result if isinstance(result, list) else [result])
+            cause = _root_cause(err)
+            raise DatasetError(
+                f"preprocessing failed for case {name}: {type(cause).__name__}: {cause}"
+            ) from err
+        count += 1
+        samples = result if isinstance(result, list) else [result]
+        if not samples:
+            empty.append(str(name))
+        out.extend(samples)
+    if empty:
+        logger.warning(
+            "preprocessing: %d of %d case(s) gave no sample (empty mask), skipped: %s",
+            len(empty),
+            count,
+            ", ".join(empty[:20]) + (" ..." if len(empty) > 20 else ""),
+        )
+    logger.info(
+        "preprocessing: %d case(s) -> %d sample(s); %d case(s) without a sample.", count, len(out), len(empty)
+    )
+    if summary is not None:
+        summary.update(cases=count, samples=len(out), empty_cases=empty)
     return out
