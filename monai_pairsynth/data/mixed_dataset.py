@@ -23,6 +23,7 @@ from monai.transforms import apply_transform
 from torch.utils.data import Dataset
 
 from .synthesis_pool import EmptyPoolError, SynthesisPool
+from .validation import check_dtype, check_finite, check_ratio
 
 __all__ = ["MixedDataset"]
 
@@ -52,14 +53,15 @@ class MixedDataset(Dataset):
             or a MONAI ``CacheDataset`` of loaded and preprocessed cases, in the pool's units (physical by
             default: put intensity normalisation in ``transform``).
         pool: the filled :class:`SynthesisPool` (may be ``None`` only with ``ratio=0``).
-        ratio: ``r >= 0``, synthetic items per real item and epoch.
+        ratio: ``0 <= r <= MAX_SYNTHETIC_RATIO`` (100), synthetic items per real item and epoch; a larger ratio
+            is refused at construction (an epoch of ``r N_real`` synthetic items and their index table must fit).
         seed: seed of the per-epoch draw.
         transform: applied to every item (real and synthetic), like ``monai.data.Dataset``'s.
         synthetic_key: key of the flag.
         extra_keys: ``{key: value for synthetic items}`` of non-modality keys to keep (e.g.
             ``{"case_id": "synthetic"}``).
-        check_sample: read real item 0 at construction to check its keys, shapes and dtypes against the pool
-            (clear errors instead of a collate failure later).
+        check_sample: read real item 0 at construction to check its keys, shapes, dtypes and finiteness against
+            the pool (clear errors instead of a collate failure or NaN losses later).
 
     Example:
         >>> import torch
@@ -89,13 +91,9 @@ class MixedDataset(Dataset):
         extra_keys: Mapping[str, Any] | None = None,
         check_sample: bool = True,
     ) -> None:
-        if (
-            isinstance(ratio, bool)
-            or not isinstance(ratio, (int, float))
-            or not math.isfinite(ratio)
-            or ratio < 0
-        ):
-            raise ValueError(f"ratio must be a finite number >= 0 (N_synthetic / N_real), got {ratio!r}.")
+        if not isinstance(ratio, (int, float, np.integer, np.floating)):
+            raise ValueError(f"ratio must be a number >= 0 (N_synthetic / N_real), got {ratio!r}.")
+        ratio = check_ratio(ratio, "ratio")
         try:
             num_real = len(real_dataset)
         except TypeError:
@@ -160,6 +158,8 @@ class MixedDataset(Dataset):
                     f"real item 0 has {k!r} of shape {shape} but the pool's triplets have shape {expected}; "
                     "build the pool with the real data's spatial size."
                 )
+            check_dtype(item[k], f"real item 0 key {k!r}")
+            check_finite(item[k], f"real item 0 key {k!r}")
             if isinstance(item[k], torch.Tensor):
                 self._dtypes[k] = item[k].dtype
             elif isinstance(item[k], np.ndarray):

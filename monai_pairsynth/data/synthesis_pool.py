@@ -43,7 +43,9 @@ from monai.data import MetaTensor
 
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
-from monai_pairsynth.utils import atomic_save_torch
+from monai_pairsynth.utils import atomic_save_torch, remove_stale_tmp_files
+
+from .validation import check_allocation, check_finite, check_pool_state, finite_rows
 
 __all__ = [
     "DiffusionPoolSource",
@@ -276,6 +278,13 @@ class SynthesisPool:
         if not max_oversample >= 1.0:
             raise ValueError(f"max_oversample must be >= 1, got {max_oversample!r}.")
 
+        # refuse a capacity that cannot be held before allocating it (a user-set size: the bound is the memory)
+        check_allocation(
+            capacity * len(keys) * math.prod(spatial_shape) * 4,
+            "capacity",
+            capacity,
+            f"{len(keys)} keys x {'x'.join(map(str, spatial_shape))} float32 voxels per triplet",
+        )
         self.capacity = capacity
         self.keys = keys
         self.spatial_shape = spatial_shape
@@ -514,9 +523,7 @@ class SynthesisPool:
                 batch = self._check_batch(raw, request)
                 batch = {k: v.detach().to("cpu", torch.float32) for k, v in batch.items()}
                 update.generated += request
-                finite = torch.ones(request, dtype=torch.bool)
-                for v in batch.values():
-                    finite &= torch.isfinite(v.reshape(request, -1)).all(dim=1)
+                finite = finite_rows(batch)
                 n_bad = int((~finite).sum())
                 if n_bad:
                     rejected["non_finite"] += n_bad
@@ -712,7 +719,11 @@ class SynthesisPool:
         capacity: int | None = None,
         **kwargs: Any,
     ) -> SynthesisPool:
-        """Read a pool written by :meth:`save`.
+        """Read a pool written by :meth:`save`, checked first (:func:`~monai_pairsynth.data.validation.check_pool_state`).
+
+        Every stored field must be present, every triplet finite and every mask binary: a damaged file is an
+        error naming it, never served to training. Temporary files an interrupted :meth:`save` of the same path
+        left behind are removed.
 
         Args:
             path: the file.
@@ -723,6 +734,7 @@ class SynthesisPool:
         """
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no SynthesisPool file at {os.fspath(path)!r}.")
+        remove_stale_tmp_files(path)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
@@ -734,6 +746,12 @@ class SynthesisPool:
                 f"{os.fspath(path)!r} has SynthesisPool format version {state.get('version')!r}; "
                 f"this code reads version {_FORMAT_VERSION}."
             )
+        try:
+            stored_specs = resolve_specs(state["specs"]) if isinstance(state.get("specs"), Mapping) else {}
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{os.fspath(path)!r}: unreadable modality specs: {err}") from err
+        binary = {0.0, 1.0} if state.get("storage") == PoolStorage.PHYSICAL.value else {-1.0, 1.0}
+        check_pool_state(state, path, {k: binary for k, spec in stored_specs.items() if spec.is_mask})
         n = int(state["size"])
         capacity = int(state["capacity"]) if capacity is None else capacity
         if capacity < n:
@@ -868,7 +886,9 @@ class SynthesisPool:
                         f"{os.fspath(datalist_path)!r} lists {os.fspath(file)!r}, which does not exist."
                     )
                 img = nib.load(str(file))
-                rows[k].append(torch.as_tensor(img.get_fdata(dtype="float32"))[None])
+                row = torch.as_tensor(img.get_fdata(dtype="float32"))[None]
+                check_finite(row, f"{k} file {os.fspath(file)} (listed in {os.fspath(datalist_path)})")
+                rows[k].append(row)
                 affine = img.affine if affine is None else affine
         shapes = {tuple(r.shape) for v in rows.values() for r in v}
         if len(shapes) != 1:

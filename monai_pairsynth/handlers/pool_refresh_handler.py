@@ -46,6 +46,11 @@ class PoolRefreshHandler:
     runs on a thread (generation on the GPU overlaps the next epoch) and its result is collected at the next
     refresh or when the run completes.
 
+    Two counts are kept apart: :attr:`failures` counts failed **refreshes** by reason (``exception``,
+    ``out_of_memory``, ``non_finite`` when a refresh got only non-finite triplets, ``busy``), and
+    :attr:`non_finite_triplets` counts generated **triplets** dropped for NaN/Inf (the pool's
+    ``stats["rejected"]["non_finite"]`` counts them too).
+
     Every batch's ``synthetic`` flags are counted, so :attr:`history` (one record per epoch, also set as
     ``engine.state.pool_refresh``) reports the share of synthetic samples actually seen.
 
@@ -107,6 +112,7 @@ class PoolRefreshHandler:
         self.synthetic_key = synthetic_key
         self.epoch_handler = MixedDatasetEpochHandler(dataset) if dataset is not None else None
         self.failures: Counter = Counter()
+        self.non_finite_triplets = 0
         self.history: list[dict[str, Any]] = []
         self._seen = 0
         self._synthetic_seen = 0
@@ -154,7 +160,9 @@ class PoolRefreshHandler:
         record: dict[str, Any] = {"refreshed": update.accepted, "failure": None}
         non_finite = update.rejected.get("non_finite", 0)
         if non_finite:
-            self.failures["non_finite"] += non_finite
+            self.non_finite_triplets += (
+                non_finite  # triplets; a refresh that got none counts as a failure below
+            )
             if update.accepted == 0:
                 record.update(
                     self._failed("non_finite", f"all {non_finite} generated triplets were non-finite")

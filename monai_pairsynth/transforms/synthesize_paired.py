@@ -126,7 +126,8 @@ class SynthesizePaired(RandomizableTransform):
         specs: modality specs for ``units="normalized"`` in seeded mode without a pool (default: the source's).
 
     ``randomize`` draws the pool index (pool mode) or the generation seed (seeded mode) from ``self.R``; the
-    call then returns the same triplet for the same draw. Raises :class:`EmptyPoolError` when the pool is
+    call then returns the same triplet for the same draw. Pickling (spawned DataLoader workers) in pool mode
+    carries only the pool's shared-memory view: the source stays in the main process. Raises :class:`EmptyPoolError` when the pool is
     empty and :class:`PoolGenerationError` when seeded generation fails (exception, out of memory, NaN).
 
     Example:
@@ -174,6 +175,14 @@ class SynthesizePaired(RandomizableTransform):
         self.specs = dict(specs or getattr(pool, "specs", None) or getattr(self.source, "specs", None) or {})
         self._index: int | None = None
         self._seed: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a DataLoader worker (spawn pickles the transform) needs only the shared pool view in pool mode, not the
+        # source: a diffusion model of megabytes, or an object that cannot be pickled at all (a lock, CUDA)
+        state = dict(self.__dict__)
+        if self.mode == SynthesisMode.POOL:
+            state["source"] = None
+        return state
 
     @property
     def keys(self) -> tuple[str, ...]:
