@@ -15,6 +15,7 @@ See ``docs/quality_filter.md``.
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from monai_pairsynth.data.validation import check_finite_features, distinct_samples
 from monai_pairsynth.modalities import DEFAULT_MODALITY_SPECS, ModalitySpec, resolve_specs
 from monai_pairsynth.utils import atomic_save_torch
 
@@ -36,6 +38,8 @@ from .mc_dropout_features import MCDropoutFeatureExtractor, _mix_seed
 from .plausibility import body_mask, mask_in_body_fraction, pet_uptake_ratio
 from .selection_result import RejectionReason, SelectionMode, SelectionResult
 from .triplet_batches import IntensityUnits, iter_triplet_batches, prepare_triplet_batch
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["EmptyMaskRule", "FeatureCentroidFilter", "FilterNotFittedError", "StrataMethod"]
 
@@ -847,8 +851,10 @@ class FeatureCentroidFilter:
             ``self``.
 
         Raises:
-            ValueError: an empty real set, missing keys, mismatched shapes, non-finite real values, fewer real
-                samples than strata (or than 2, which the guard needs).
+            ValueError: an empty real set, missing keys, mismatched shapes, non-finite real values, non-finite
+                features of the feature network (named), fewer real samples than strata (or than 2, which the
+                guard needs), or real samples that are all exact copies of each other. Some exact copies are
+                logged and left out of the guard's calibration (their distance 0 would disable the guard).
         """
         keys = self._keys()
         sums: list[torch.Tensor] | None = None
@@ -877,6 +883,14 @@ class FeatureCentroidFilter:
                 plausibility.setdefault(name, []).append(values.cpu())
             count += inputs.shape[0]
         assert sums is not None and spatial_shape is not None and layer_shapes is not None
+        # the real data was checked finite above: non-finite features mean a broken feature network, which would
+        # otherwise reject every candidate later as "non_finite" and blame the generator
+        for what, values in (
+            ("layer activations", torch.stack([s.sum() for s in sums])),
+            ("embeddings", embeddings),
+        ):
+            values = torch.cat(values) if isinstance(values, list) else values
+            check_finite_features(values, what, self.feature_network, self.layers)
         if count < max(2, self.num_strata):
             raise ValueError(
                 f"fit needs at least {max(2, self.num_strata)} real samples (2 for the memorisation guard, "
@@ -965,6 +979,14 @@ class FeatureCentroidFilter:
             self._fitted, self._thresholds = previous
             self._device_cache = {}
             raise
+        try:
+            for name in ("distance", "certainty", "entropy", "nearest_real"):
+                if name in scores:
+                    check_finite_features(scores[name], f"{name} scores", self.feature_network, self.layers)
+        except ValueError:
+            self._fitted, self._thresholds = previous
+            self._device_cache = {}
+            raise
         real_scores = {k: v for k, v in scores.items() if k not in ("finite", "nearest_real")}
         real_scores["nearest_real"] = real_nn
         if calibration is not None:
@@ -1034,11 +1056,23 @@ class FeatureCentroidFilter:
                 if self.entropy_quantile is not None
                 else math.inf
             )
-        min_nearest = float(torch.quantile(real["nearest_real"].double(), self.memorisation_quantile))
+        # an exact duplicate among the real samples has a nearest-real distance of 0: a quantile taken with it would
+        # set the guard's threshold to 0, which lets every copy through; calibrate on the distinct samples only
+        nearest = real["nearest_real"].double()
+        nearest = nearest[distinct_samples(nearest, "real training samples")]
+        min_nearest = float(torch.quantile(nearest, self.memorisation_quantile))
         if "calibration_nearest_real" in real:  # fitted with a calibration set
-            held_out = float(
-                torch.quantile(real["calibration_nearest_real"].double(), self.memorisation_quantile)
-            )
+            held = real["calibration_nearest_real"].double()
+            if not bool(
+                (held > 0).all()
+            ):  # a held-out case that is a training case: said, but kept (it is data)
+                logger.warning(
+                    "%d of %d calibration samples are exact copies of a training sample; the memorisation guard's "
+                    "threshold comes out near 0 with them. Calibrate on held-out cases only.",
+                    int((held <= 0).sum()),
+                    held.numel(),
+                )
+            held_out = float(torch.quantile(held, self.memorisation_quantile))
             min_nearest = min(min_nearest, held_out)
         thresholds["min_nearest_real"] = min_nearest
         self._rules = self._plausibility_rules(fitted.get("plausibility"))
