@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from monai_pairsynth.data.hecktor import DatasetError, hecktor_datalist, load_datalist_json, split_by_patient
+from monai_pairsynth.data.validation import check_allocation, check_ratio
 from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
 from monai_pairsynth.utils import atomic_write_json, atomic_write_text
 
@@ -203,21 +204,17 @@ def check_dataset_dir(
 
 
 def check_synthetic_ratio(ratio: Any) -> float:
-    """Validate the synthetic mixing ratio r = N_synthetic / N_real (0 = real only).
+    """Validate the synthetic mixing ratio r = N_synthetic / N_real (0 = real only, at most
+    :data:`~monai_pairsynth.data.validation.MAX_SYNTHETIC_RATIO`, 100).
 
     Example:
         >>> check_synthetic_ratio(0.5)
         0.5
     """
     try:
-        r = float(ratio)
-    except (TypeError, ValueError):
-        raise BundleSettingError(f"synthetic_ratio must be a number >= 0, got {ratio!r}.") from None
-    if not math.isfinite(r) or r < 0:
-        raise BundleSettingError(
-            f"synthetic_ratio must be a finite number >= 0 (0 = real only), got {ratio!r}."
-        )
-    return r
+        return check_ratio(ratio, "synthetic_ratio")
+    except ValueError as err:
+        raise BundleSettingError(str(err)) from None
 
 
 def _size_text(size: Sequence[int] | None) -> str:
@@ -384,12 +381,15 @@ def check_mixing_settings(
     spatial_size: Sequence[int] | None = None,
     spacing: float | None = None,
     keys: Sequence[str] | None = None,
+    pool_size: int | None = None,
 ) -> float:
     """Check the synthetic-mixing settings of a segmentation run before anything is trained.
 
-    ``synthetic_ratio`` must be a number >= 0; when it is above 0, ``pool_file`` (if set) must be a pool of the
-    configured grid and keys, else ``diffusion_checkpoint`` must be a generator of the configured grid, spacing
-    and modalities. Nothing is checked about the generator when the ratio is 0 (real only).
+    ``synthetic_ratio`` must be a number in ``[0, 100]`` (:data:`~monai_pairsynth.data.validation.MAX_SYNTHETIC_RATIO`);
+    when it is above 0, ``pool_file`` (if set) must be a pool of the configured grid and keys, else
+    ``diffusion_checkpoint`` must be a generator of the configured grid, spacing and modalities, and a set
+    ``pool_size`` must fit in the memory available. Nothing is checked about the generator when the ratio is 0
+    (real only).
 
     Returns:
         the ratio as a float.
@@ -402,6 +402,21 @@ def check_mixing_settings(
         0.0
     """
     ratio = check_synthetic_ratio(synthetic_ratio)
+    if ratio > 0 and not _is_unset(pool_size) and spatial_size is not None:
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise BundleSettingError(
+                f"pool_size must be an integer >= 1 (or null: r x N_real), got {pool_size!r}."
+            )
+        n_keys = len(keys) if keys is not None else 3
+        try:  # the pool is allocated in full before generation starts: refuse one that cannot fit, now
+            check_allocation(
+                int(pool_size) * n_keys * math.prod(int(s) for s in spatial_size) * 4,
+                "pool_size",
+                pool_size,
+                f"{n_keys} modalities x {_size_text(spatial_size)} float32 voxels per triplet",
+            )
+        except ValueError as err:
+            raise BundleSettingError(str(err)) from None
     if ratio > 0:
         if not _is_unset(pool_file):
             check_pool_file(pool_file, spatial_size=spatial_size, keys=keys)

@@ -471,19 +471,21 @@ def check_ratio(ratio: Any, name: str = "ratio", bound: float = MAX_SYNTHETIC_RA
         >>> check_ratio(1e9, "synthetic_ratio")
         Traceback (most recent call last):
         ...
-        ValueError: synthetic_ratio must be a finite number in [0, 100] (N_synthetic / N_real; 0 = real only), got 1000000000.0. Ratios above 100 would make the real data less than 1 % of an epoch and are refused before any memory is allocated.
+        ValueError: synthetic_ratio=1e+09 is above the bound 100 (N_synthetic / N_real): the real data would be less than 1 % of an epoch; such a ratio is refused before any memory is allocated. Use at most 100.
     """
     if isinstance(ratio, bool):
-        raise ValueError(f"{name} must be a number, got {ratio!r}.")
+        raise ValueError(f"{name} must be a number >= 0, got {ratio!r}.")
     try:
         r = float(ratio)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number >= 0, got {ratio!r}.") from None
-    if not math.isfinite(r) or not 0.0 <= r <= bound:
+    if not math.isfinite(r) or r < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (0 = real only), got {ratio!r}.")
+    if r > bound:
         raise ValueError(
-            f"{name} must be a finite number in [0, {bound:g}] (N_synthetic / N_real; 0 = real only), got "
-            f"{ratio!r}. Ratios above {bound:g} would make the real data less than {100 / bound:g} % of an epoch "
-            "and are refused before any memory is allocated."
+            f"{name}={r:g} is above the bound {bound:g} (N_synthetic / N_real): the real data would be less than "
+            f"{100 / bound:g} % of an epoch; such a ratio is refused before any memory is allocated. Use at most "
+            f"{bound:g}."
         )
     return r
 

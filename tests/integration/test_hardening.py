@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -155,7 +156,7 @@ def validation_host() -> str:
 @pytest.mark.parametrize("ratio", [1e9, MAX_SYNTHETIC_RATIO + 1])
 def test_huge_ratio_is_refused_naming_the_setting(ratio):
     pool = make_pool()
-    with pytest.raises(ValueError, match=rf"ratio must be a finite number in \[0, 100\].*got {ratio!r}"):
+    with pytest.raises(ValueError, match="^" + re.escape(f"ratio={ratio:g} is above the bound 100")):
         MixedDataset(real_items(), pool, ratio=ratio)
     ds = MixedDataset(real_items(), pool, ratio=MAX_SYNTHETIC_RATIO)  # the bound itself is fine
     assert len(ds) == 4 + 400 and ds.pool_indices().numel() == 400
@@ -303,5 +304,7 @@ def test_property_mixed_dataset_any_ratio_gives_valid_items(num_real, capacity, 
     )
 )
 def test_property_mixed_dataset_out_of_range_ratio_is_refused(ratio):
-    with pytest.raises(ValueError, match="ratio must be a finite number in"):
+    with pytest.raises(
+        ValueError, match=r"^ratio(=\S+ is above the bound 100| must be a finite number >= 0)"
+    ):
         MixedDataset(real_items(2), None, ratio=ratio)
