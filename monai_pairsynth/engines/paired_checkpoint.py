@@ -315,7 +315,13 @@ def load_paired_weights(
     check_model_config(model, ckpt)
     key = "ema_model" if use_ema and ckpt.get("ema_model") is not None else "model"
     if use_ema and key == "model":
-        logger.info("checkpoint holds no EMA weights; loading the online model weights.")
+        if ckpt.get("rng") is None:  # a slim sampling export: its "model" already holds the exported weights
+            logger.debug(
+                "sampling checkpoint (export_sampling_checkpoint): loading its weights, the EMA weights when "
+                "the training run kept them."
+            )
+        else:
+            logger.info("checkpoint holds no EMA weights; loading the online model weights.")
     _load_state(model, ckpt[key], "EMA" if key == "ema_model" else "model")
     return model
 
