@@ -25,3 +25,23 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def sts_data_dir():
+    """The real FDG-PET/CT sarcoma patients (``benchmarks/real_data.py``: ``$MONAI_PAIRSYNTH_STS_DIR`` or
+    ``../shared/data/sts_pet_ct``); the test is skipped where the folder is absent (a user's machine)."""
+    import sys
+    from pathlib import Path
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    from real_data import DATA_DIR_ENV, real_data_dir
+
+    path = real_data_dir()
+    if path is None:
+        pytest.skip(
+            f"no real-patient folder (../shared/data/sts_pet_ct or ${DATA_DIR_ENV}): real-data test skipped"
+        )
+    return path

@@ -41,6 +41,60 @@ def test_a_flipped_ct_lowers_the_body_term(phantoms):
     assert real["body_dice"].min() > 0.95
 
 
+BROKEN_PAIRINGS = {
+    "masks swapped between cases": lambda c, o: {**c, "label": o["label"]},
+    "CT of another case": lambda c, o: {**c, "ct": o["ct"]},
+    "CT flipped anterior-posterior": lambda c, o: {**c, "ct": c["ct"].flip(-1)},
+    "PET flipped left-right": lambda c, o: {**c, "pet": c["pet"].flip(-2)},
+    "flat PET": lambda c, o: {**c, "pet": torch.full_like(c["pet"], float(c["pet"].mean()))},
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_PAIRINGS))
+def test_score_real_phantoms_beat_broken_pairings(phantoms, broken):
+    real = pairedness(phantoms)["score"]
+    other = pairedness([BROKEN_PAIRINGS[broken](c, phantoms[(i + 5) % 16]) for i, c in enumerate(phantoms)])
+    # measured on seeds 0-15: real 0.39 (64 px and 128 px), every broken set 0.09-0.14 (flat PET: 0)
+    assert real.mean() > 0.3
+    assert real.mean() - other["score"].mean() > 0.15
+    assert (real > other["score"]).double().mean() >= 0.8
+
+
+def test_new_terms_on_toy_triplets():
+    ct = torch.full((1, 1, 32, 32), -1000.0)
+    ct[..., 4:28, 4:28] = 40.0
+    body = torch.zeros(1, 1, 32, 32)
+    body[..., 4:28, 4:28] = 1.0
+    label = torch.zeros(1, 1, 32, 32)
+    label[..., 10:20, 10:20] = 1.0
+    # a necrotic tumour: uptake on a ring, the centre at background; the filled threshold region is the mask
+    ring = body.clone() * 1.0
+    ring[..., 10:20, 10:20] = 6.0
+    ring[..., 12:18, 12:18] = 1.0
+    out = pairedness({"ct": ct, "pet": ring, "label": label}, spacing=2.0)
+    assert out["lesion_score"].item() == 1.0 and out["background_suv"].item() == 1.0
+    # the 40 % SUVmax Dice misses the cold centre: T is the 64-voxel ring of the 100-voxel mask
+    assert out["lesion_dice"].item() == pytest.approx(2 * 64 / (100 + 64))
+    # high local background (3 SUV) and a modest lesion (4.5 SUV): the threshold 3 + 0.3 * 1.5 finds it
+    warm = body * 3.0
+    warm[..., 10:20, 10:20] = 4.5
+    assert pairedness({"ct": ct, "pet": warm, "label": label}, spacing=2.0)["lesion_score"].item() == 1.0
+    # a flat PET has no uptake above background and no edges: every new term is 0, the old lesion Dice is not
+    flat = torch.full_like(body, 2.0)
+    out = pairedness({"ct": ct, "pet": flat, "label": label}, spacing=2.0)
+    assert out["lesion_score"].item() == 0.0 and out["structure_score"].item() == 0.0
+    assert out["score"].item() == 0.0 and out["lesion_dice"].item() > 0.3
+    # the structure term: PET edges where the CT has them score 1; PET edges at right angles to them score 0
+    edges = pairedness({"ct": ct, "pet": body, "label": label}, spacing=2.0)["structure_score"]
+    assert edges.item() == pytest.approx(1.0)
+    stripes_ct = torch.zeros(1, 1, 32, 32)
+    stripes_ct[..., :, 16:] = 500.0
+    stripes_pet = torch.zeros(1, 1, 32, 32)
+    stripes_pet[..., 16:, :] = 2.0
+    crossed = pairedness({"ct": stripes_ct, "pet": stripes_pet, "label": label}, spacing=2.0)
+    assert crossed["structure_score"].item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_lesion_term_on_a_toy_triplet():
     ct = torch.full((1, 1, 32, 32), -1000.0)
     ct[..., 4:28, 4:28] = 40.0
@@ -144,6 +198,18 @@ def test_body_outline_fills_the_airway_and_keeps_the_largest_component():
             {"suv_fraction": 1.5},
             ValueError,
             "suv_fraction",
+        ),
+        (
+            {"ct": torch.zeros(1, 1, 8, 8), "pet": torch.zeros(1, 1, 8, 8), "label": torch.zeros(1, 1, 8, 8)},
+            {"background_fraction": 0.0},
+            ValueError,
+            "background_fraction",
+        ),
+        (
+            {"ct": torch.zeros(1, 1, 8, 8), "pet": torch.zeros(1, 1, 8, 8), "label": torch.zeros(1, 1, 8, 8)},
+            {"shell_inner_mm": 5.0, "shell_outer_mm": 5.0},
+            ValueError,
+            "shell_outer_mm",
         ),
         (
             {"ct": torch.zeros(1, 1, 8, 8), "pet": torch.zeros(1, 1, 8, 8), "label": torch.zeros(1, 1, 8, 8)},
