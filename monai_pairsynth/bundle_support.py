@@ -414,6 +414,7 @@ def check_mixing_settings(
                 "pool_size",
                 pool_size,
                 f"{n_keys} modalities x {_size_text(spatial_size)} float32 voxels per triplet",
+                shared=True,
             )
         except ValueError as err:
             raise BundleSettingError(str(err)) from None

@@ -284,6 +284,7 @@ class SynthesisPool:
             "capacity",
             capacity,
             f"{len(keys)} keys x {'x'.join(map(str, spatial_shape))} float32 voxels per triplet",
+            shared=True,
         )
         self.capacity = capacity
         self.keys = keys

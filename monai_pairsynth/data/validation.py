@@ -52,6 +52,7 @@ __all__ = [
     "finite_rows",
     "log_empty_mask",
     "physical_extent",
+    "shared_memory_free_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -505,17 +506,38 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def check_allocation(num_bytes: int, setting: str, value: Any, detail: str = "") -> None:
+def shared_memory_free_bytes() -> int | None:
+    """Free space of ``/dev/shm``, where ``Tensor.share_memory_`` puts CPU tensors on Linux (containers often
+    give it only 64 MB), or ``None`` where there is none."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except (OSError, AttributeError):
+        return None
+    return int(st.f_bavail) * int(st.f_frsize)
+
+
+def check_allocation(
+    num_bytes: int, setting: str, value: Any, detail: str = "", shared: bool = False
+) -> None:
     """Refuse an allocation of ``num_bytes`` that would not fit in memory, naming the setting that sized it.
 
+    Args:
+        num_bytes: the size of the allocation.
+        setting, value: the user setting that sized it (named in the message).
+        detail: how the size comes about.
+        shared: the allocation goes to shared memory (``share_memory_``): ``/dev/shm`` must hold it too.
+
     Raises:
-        ValueError: ``num_bytes`` exceeds :data:`MEMORY_FRACTION` of the memory available now.
+        ValueError: ``num_bytes`` exceeds :data:`MEMORY_FRACTION` of the memory (and shared memory) available now.
     """
-    available = available_memory_bytes()
-    if available is None or num_bytes <= MEMORY_FRACTION * available:
-        return
+    limits = [("memory", available_memory_bytes())]
+    if shared:
+        limits.append(("shared memory (/dev/shm)", shared_memory_free_bytes()))
     gib = 1024**3
-    raise ValueError(
-        f"{setting}={value!r} needs {num_bytes / gib:.1f} GiB of memory{f' ({detail})' if detail else ''}, "
-        f"more than {MEMORY_FRACTION:.0%} of the {available / gib:.1f} GiB available; lower {setting}."
-    )
+    for what, available in limits:
+        if available is None or num_bytes <= MEMORY_FRACTION * available:
+            continue
+        raise ValueError(
+            f"{setting}={value!r} needs {num_bytes / gib:.2f} GiB of {what}{f' ({detail})' if detail else ''}, "
+            f"more than {MEMORY_FRACTION:.0%} of the {available / gib:.2f} GiB available; lower {setting}."
+        )

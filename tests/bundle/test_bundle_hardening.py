@@ -27,7 +27,7 @@ def _setting_error(err: BaseException) -> BundleSettingError | None:
     "overrides, message",
     [
         ({"synthetic_ratio": 1e9}, r"^synthetic_ratio=1e\+09 is above the bound 100"),
-        ({"synthetic_ratio": 0.5, "pool_size": 10**9}, r"^pool_size=1000000000 needs \d+\.\d GiB of memory"),
+        ({"synthetic_ratio": 0.5, "pool_size": 10**9}, r"^pool_size=1000000000 needs \d+\.\d+ GiB of memory"),
     ],
 )
 def test_unbounded_setting_is_refused_in_initialize_naming_it(tmp_path, overrides, message):

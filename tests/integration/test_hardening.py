@@ -96,6 +96,13 @@ def test_pool_capacity_that_does_not_fit_is_refused_before_allocating(monkeypatc
     SynthesisPool(4, spatial_shape=SHAPE)  # small pools still fit
 
 
+def test_pool_that_does_not_fit_in_shared_memory_is_refused(monkeypatch):
+    monkeypatch.setattr(validation, "shared_memory_free_bytes", lambda: 64 * 1024**2)  # a container's default
+    with pytest.raises(ValueError, match=r"capacity=2000 needs 0.18 GiB of shared memory \(/dev/shm\)"):
+        SynthesisPool(2000, spatial_shape=(64, 64, 2))
+    SynthesisPool(100, spatial_shape=(64, 64, 2))
+
+
 # ---------------------------------------------------------------- interrupted writes
 
 
