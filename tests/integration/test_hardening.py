@@ -315,3 +315,16 @@ def test_property_mixed_dataset_out_of_range_ratio_is_refused(ratio):
         ValueError, match=r"^ratio(=\S+ is above the bound 100| must be a finite number >= 0)"
     ):
         MixedDataset(real_items(2), None, ratio=ratio)
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(2, 6), w=st.integers(2, 6), dh=st.integers(1, 3), key=st.sampled_from(KEYS))
+def test_property_transform_wrong_shape_gives_the_documented_error(h, w, dh, key):
+    pool = make_pool(2, (h, w))
+    t = SynthesizePairedd(list(KEYS), pool, prob=1.0).set_random_state(0)
+    sample = {k: torch.zeros(1, h, w) for k in KEYS}
+    sample[key] = torch.zeros(1, h + dh, w)
+    with pytest.raises(
+        ValueError, match=rf"synthetic '{key}' has shape \(1, {h}, {w}\).*sample's '{key}' has shape"
+    ):
+        t(sample)
