@@ -24,9 +24,16 @@ physical units):
 
 What is computed (:mod:`monai_pairsynth.metrics`, ``docs/metrics.md``): feature FID and MMD^2 on this
 package's own feature network (a small tumour segmenter trained on the real set with a fixed seed, unless
-one is given), each beside the real-vs-real value of two halves of the real set at matched sizes; MS-SSIM
-diversity per image modality (synthetic beside real); pairedness (lesion and body terms; real triplets are the
-ceiling); memorisation (nearest real training sample in feature space against real-to-real distances).
+one is given), each beside the real-vs-real value of two **patient-disjoint** halves of the real set at matched
+sizes; MS-SSIM diversity per image modality (synthetic beside real, real pairs of different patients only);
+pairedness (the score and its terms, averaged per patient first for the real set; real triplets are the
+ceiling); memorisation (nearest real training sample in feature space against the real nearest neighbours
+*of other patients*).
+
+Statistics by patient: a real sample's patient is its ``patient_id``, else the patient of its ``case_id``
+(:func:`monai_pairsynth.metrics.patient_ids`); the slices of one real patient are never treated as independent
+samples. Synthetic samples are independent draws, each its own unit. ``metrics.json`` records the unit of every
+number (``units``).
 
 Written into ``output_dir`` (each file atomically; existing files of these names are replaced)::
 
@@ -58,7 +65,9 @@ from monai_pairsynth.metrics import (
     memorisation_report,
     mmd,
     pairedness,
-    summarize,
+    patient_disjoint_halves,
+    patient_ids,
+    summarize_by_patient,
 )
 from monai_pairsynth.metrics.diversity import MS_SSIM_KERNEL_SIZE, MS_SSIM_WEIGHTS
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
@@ -90,8 +99,9 @@ def _plain_sample(sample: Mapping[str, Any], keys: Sequence[str], name: str, ind
                 f"{name} sample {index} key {key!r} must be channel-first (1, H, W[, D]), got shape {tuple(value.shape)}."
             )
         out[key] = value.float() if not value.is_floating_point() else value
-    if "case_id" in sample:
-        out["case_id"] = str(sample["case_id"])
+    for id_key in ("case_id", "patient_id"):
+        if id_key in sample and sample[id_key] is not None:
+            out[id_key] = str(sample[id_key])
     return out
 
 
@@ -355,14 +365,18 @@ def _pm(stats: Mapping[str, Any] | None) -> str:
 def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     """The headline numbers of an :func:`evaluate` result as a markdown document with one table."""
     n_real, n_syn = metrics["num_real"], metrics["num_synthetic"]
+    n_patients = metrics.get("num_real_patients", n_real)
     lines = [
         "# Synthetic triplet evaluation",
         "",
-        f"Real: {n_real} samples ({metrics['real']['kind']}: {metrics['real']['source']}); synthetic: {n_syn} "
-        f"samples ({metrics['synthetic']['kind']}: {metrics['synthetic']['source']}); grid "
+        f"Real: {n_real} samples of {n_patients} patients ({metrics['real']['kind']}: {metrics['real']['source']}); "
+        f"synthetic: {n_syn} samples ({metrics['synthetic']['kind']}: {metrics['synthetic']['source']}); grid "
         f"{' x '.join(map(str, metrics['spatial_size']))}"
         + (f" at {metrics['spacing']} mm" if metrics.get("spacing") else "")
         + f". Feature network: {metrics['feature_network']['description']}.",
+        "",
+        "Units: real values are averaged per patient first and real-vs-real references use patient-disjoint sets "
+        "(slices of one patient are not independent); each synthetic sample is one unit.",
         "",
         "| metric | synthetic | real reference | how to read |",
         "|---|---|---|---|",
@@ -373,19 +387,25 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     )
     ref = fid.get("reference")
     if ref:
+        halves = (
+            f"{ref['n_compared']} vs {ref['n_reference']} real samples; real halves of "
+            f"{ref.get('num_patients_compared', '?')} / {ref.get('num_patients_reference', '?')} patients"
+        )
         lines.append(
-            f"| feature FID, matched (n = {ref['n_compared']} vs {ref['n_reference']} real) | "
-            f"{_fmt(ref['synthetic_vs_real'])} | {_fmt(ref['real_vs_real'])} (real half vs half) | "
+            f"| feature FID, matched ({halves}) | {_fmt(ref['synthetic_vs_real'])} | "
+            f"{_fmt(ref['real_vs_real'])} (patient-disjoint real halves) | "
             "the nearer the real-vs-real value, the more alike the sets |"
         )
+    else:
+        lines.append("| feature FID, matched | n/a | n/a | needs at least 2 real patients per half |")
     lines.append(
         f"| MMD² (RBF, median bandwidth) | {_fmt(mm['synthetic_vs_real'])} | - | about 0 for one distribution |"
     )
     ref = mm.get("reference")
     if ref:
         lines.append(
-            f"| MMD², matched (n = {ref['n_compared']}) | {_fmt(ref['synthetic_vs_real'])} | "
-            f"{_fmt(ref['real_vs_real'])} (real half vs half) | as for FID |"
+            f"| MMD², matched (n = {ref['n_compared']} samples) | {_fmt(ref['synthetic_vs_real'])} | "
+            f"{_fmt(ref['real_vs_real'])} (patient-disjoint real halves) | as for FID |"
         )
     diversity = metrics.get("diversity") or {}
     if "skipped" in diversity:
@@ -394,19 +414,38 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
         if key == "skipped":
             continue
         lines.append(
-            f"| mean pairwise MS-SSIM, {key} | {_fmt(entry['synthetic'])} | {_fmt(entry['real'])} (real vs real) | "
-            f"1 = no diversity; diversity ratio (1-s)/(1-r) = {_fmt(entry['diversity_ratio'], 3)} |"
+            f"| mean pairwise MS-SSIM, {key} | {_fmt(entry['synthetic'])} | {_fmt(entry['real'])} (pairs of "
+            f"different real patients) | 1 = no diversity; diversity ratio (1-s)/(1-r) = "
+            f"{_fmt(entry['diversity_ratio'], 3)} |"
         )
     paired = metrics.get("pairedness")
     if paired:
-        lines.append(
-            f"| pairedness: lesion Dice (mask vs PET ≥ 40 % SUVmax) | {_pm(paired['synthetic']['lesion_dice'])} | "
-            f"{_pm(paired['real']['lesion_dice'])} (ceiling) | higher is better; real is the ceiling |"
+        unit = f"(ceiling; mean ± sd over {paired['real'].get('num_patients', '?')} patients)"
+        rows = (
+            ("score", "pairedness score (lesion x structure)", "higher is better; real is the ceiling"),
+            (
+                "lesion_score",
+                "pairedness: lesion (mask vs PET above local background)",
+                "a flat PET scores 0",
+            ),
+            (
+                "structure_score",
+                "pairedness: structure (CT/PET gradient alignment)",
+                "0 for unrelated images",
+            ),
+            (
+                "lesion_dice",
+                "earlier lesion Dice (mask vs PET ≥ 40 % SUVmax)",
+                "mostly mask size on real tumours",
+            ),
+            ("body_dice", "earlier body Dice (CT vs PET outline)", "near 1 when CT and PET are aligned"),
         )
-        lines.append(
-            f"| pairedness: body Dice (CT vs PET outline) | {_pm(paired['synthetic']['body_dice'])} | "
-            f"{_pm(paired['real']['body_dice'])} (ceiling) | near 1 when CT and PET are aligned |"
-        )
+        for term, label, reading in rows:
+            if term in paired["synthetic"]:
+                lines.append(
+                    f"| {label} | {_pm(paired['synthetic'][term])} (over samples) | {_pm(paired['real'][term])} "
+                    f"{unit} | {reading} |"
+                )
         empty = paired["synthetic"]["num_empty_masks"]
         if empty:
             lines.append(
@@ -424,7 +463,7 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     )
     lines.append(
         f"| median nearest-real feature distance | {_fmt(mem['median_nearest_real'])} | "
-        f"{_fmt(mem['median_real_nn'])} (real leave-one-out) | ratio {_fmt(mem['median_ratio'], 3)}: about 1 without "
+        f"{_fmt(mem['median_real_nn'])} (real, {mem.get('reference_unit', 'leave one sample out')}) | ratio {_fmt(mem['median_ratio'], 3)}: about 1 without "
         "copying, near 0 for copies |"
     )
     lines += [
@@ -439,48 +478,59 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
 
 
 def _matched_reference(
-    real_features: torch.Tensor, synthetic_features: torch.Tensor, seed: int
+    real_features: torch.Tensor, synthetic_features: torch.Tensor, seed: int, real_patients: Sequence[str]
 ) -> dict[str, Any] | None:
-    """FID and MMD of (synthetic subset vs real half A) beside (real half B vs real half A), equal sizes."""
+    """FID and MMD of (synthetic subset vs real half A) beside (real half B vs real half A), equal sizes.
+
+    The halves are patient-disjoint (:func:`monai_pairsynth.metrics.patient_disjoint_halves`): with slices of
+    one patient on both sides the real-vs-real value would measure near-copies, not two sets of patients.
+    """
     n = real_features.shape[0]
     if n < 4 or synthetic_features.shape[0] < 2:
         return None
+    index_a, index_b = patient_disjoint_halves(real_patients, seed)
+    if len(index_a) < 2 or len(index_b) < 2:
+        return None  # fewer than two patients (or a half of one sample): no patient-disjoint reference
     g = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n, generator=g)
-    half_a, half_b = real_features[perm[: n // 2]], real_features[perm[n // 2 :]]
+    half_a, half_b = real_features[index_a], real_features[index_b]
     k = min(half_b.shape[0], synthetic_features.shape[0])
     syn = synthetic_features[torch.randperm(synthetic_features.shape[0], generator=g)[:k]]
-    half_b = half_b[:k]
+    keep_b = torch.randperm(half_b.shape[0], generator=g)[:k]
+    half_b = half_b[keep_b]
+    patients_a = len({real_patients[i] for i in index_a})
+    patients_b = len({real_patients[index_b[i]] for i in keep_b.tolist()})
+    common = {
+        "n_reference": int(half_a.shape[0]),
+        "n_compared": int(k),
+        "num_patients_reference": patients_a,
+        "num_patients_compared": patients_b,
+        "unit": "patient-disjoint halves of the real set",
+    }
     return {
         "fid": {
-            "n_reference": int(half_a.shape[0]),
-            "n_compared": int(k),
+            **common,
             "real_vs_real": feature_fid(half_a, half_b),
             "synthetic_vs_real": feature_fid(half_a, syn),
         },
-        "mmd": {
-            "n_reference": int(half_a.shape[0]),
-            "n_compared": int(k),
-            "real_vs_real": mmd(half_a, half_b),
-            "synthetic_vs_real": mmd(half_a, syn),
-        },
+        "mmd": {**common, "real_vs_real": mmd(half_a, half_b), "synthetic_vs_real": mmd(half_a, syn)},
     }
+
+
+_PAIREDNESS_TERMS = ("score", "lesion_score", "structure_score", "lesion_dice", "body_dice")
 
 
 def _pairedness_summary(
-    samples: list[dict[str, Any]], keys: tuple[str, str, str], spacing
+    samples: list[dict[str, Any]], keys: tuple[str, str, str], spacing, patients: Sequence[str]
 ) -> tuple[dict, dict]:
+    """Every pairedness term averaged per patient first, then summarised over patients."""
     result = pairedness(samples, ct_key=keys[0], pet_key=keys[1], label_key=keys[2], spacing=spacing)
-    summary = {
-        "lesion_dice": summarize(result["lesion_dice"]),
-        "body_dice": summarize(result["body_dice"]),
-        "num_empty_masks": int(result["mask_empty"].sum()),
+    summary: dict[str, Any] = {
+        term: summarize_by_patient(result[term], patients) for term in _PAIREDNESS_TERMS
     }
-    per_sample = {
-        "lesion_dice": result["lesion_dice"],
-        "body_dice": result["body_dice"],
-        "suvmax": result["suvmax"],
-    }
+    summary["num_empty_masks"] = int(result["mask_empty"].sum())
+    summary["num_patients"] = len(set(patients))
+    summary["unit"] = "patient"
+    per_sample = {term: result[term] for term in (*_PAIREDNESS_TERMS, "suvmax")}
     return summary, per_sample
 
 
@@ -690,13 +740,19 @@ def evaluate(
             network, samples, feature_layers, image_keys, "physical", spec_map, batch_size, name=name
         )
 
+    real_patients = patient_ids(real_samples, prefix="real")
+    syn_patients = [f"synthetic-{i}" for i in range(len(syn_samples))]  # independent draws: one unit each
+    train_patients = real_patients if real_train is None else patient_ids(train_samples, prefix="train")
     real_f = features(real_samples, "real set")
     syn_f = features(syn_samples, "synthetic set")
     train_f = real_f if real_train is None else features(train_samples, "real training set")
     fid_all = feature_fid(real_f, syn_f) if min(len(real_f), len(syn_f)) >= 2 else float("nan")
     mmd_all = mmd(real_f, syn_f) if min(len(real_f), len(syn_f)) >= 2 else float("nan")
-    reference = _matched_reference(real_f, syn_f, seed)
-    memo = memorisation_report(syn_f, train_f, percentiles)
+    reference = _matched_reference(real_f, syn_f, seed, real_patients)
+    several_train_patients = len(set(train_patients)) >= 2
+    memo = memorisation_report(
+        syn_f, train_f, percentiles, real_patients=train_patients if several_train_patients else None
+    )
     timings["features"] = time.perf_counter() - t0
     log(f"features {tuple(real_f.shape[1:])}: FID {fid_all:.4f}, MMD² {mmd_all:.4f}")
 
@@ -706,11 +762,18 @@ def evaluate(
         diversity: dict[str, Any] = {
             "skipped": f"spatial size {grid} is below the {_MIN_MS_SSIM_SIZE} pixels MS-SSIM needs per side"
         }
-    elif min(len(real_samples), len(syn_samples)) < 2:
-        diversity = {"skipped": "needs at least 2 samples per set"}
+    elif len(syn_samples) < 2 or len(set(real_patients)) < 2:
+        diversity = {"skipped": "needs at least 2 synthetic samples and 2 real patients"}
     else:
         diversity = diversity_report(
-            syn_samples, real_samples, image_keys, spec_map, "physical", max_pairs=max_pairs, seed=seed
+            syn_samples,
+            real_samples,
+            image_keys,
+            spec_map,
+            "physical",
+            max_pairs=max_pairs,
+            seed=seed,
+            real_patients=real_patients,
         )
     timings["diversity"] = time.perf_counter() - t0
 
@@ -718,8 +781,10 @@ def evaluate(
     t0 = time.perf_counter()
     paired, paired_per_sample = None, None
     if paired_keys is not None:
-        real_summary, real_values = _pairedness_summary(real_samples, paired_keys, pair_spacing)
-        syn_summary, syn_values = _pairedness_summary(syn_samples, paired_keys, pair_spacing)
+        real_summary, real_values = _pairedness_summary(
+            real_samples, paired_keys, pair_spacing, real_patients
+        )
+        syn_summary, syn_values = _pairedness_summary(syn_samples, paired_keys, pair_spacing, syn_patients)
         paired = {"real": real_summary, "synthetic": syn_summary}
         paired_per_sample = {"real": real_values, "synthetic": syn_values}
     timings["pairedness"] = time.perf_counter() - t0
@@ -749,6 +814,21 @@ def evaluate(
         "num_real": len(real_samples),
         "num_synthetic": len(syn_samples),
         "num_real_train": len(train_samples),
+        "num_real_patients": len(set(real_patients)),
+        "num_synthetic_patients": len(set(syn_patients)),
+        "num_real_train_patients": len(set(train_patients)),
+        "units": {
+            "real": "patient: slices are averaged per patient first; references use patient-disjoint sets",
+            "synthetic": "sample (each synthetic sample is an independent draw)",
+            "fid_mmd_reference": "patient-disjoint halves of the real set",
+            "diversity_real": "pairs of slices of different patients",
+            "memorisation_reference": (
+                "nearest real sample of another patient"
+                if several_train_patients
+                else "nearest other real sample (one training patient: no patient-disjoint reference)"
+            ),
+            "pairedness": "mean over patients of per-patient means",
+        },
         "spatial_size": list(grid),
         "spacing": pair_spacing,
         "device": str(dev),
@@ -775,9 +855,11 @@ def evaluate(
             "median_nearest_real": memo["median_nearest_real"],
             "median_real_nn": memo["median_real_nn"],
             "median_ratio": memo["median_ratio"],
+            "reference_unit": memo["reference_unit"],
         },
         "per_sample": {
             "real_case_ids": case_ids(real_samples),
+            "real_patient_ids": real_patients,
             "synthetic_case_ids": case_ids(syn_samples),
             "pairedness": paired_per_sample,
             "nearest_real_distance": memo["nearest_real_distance"],

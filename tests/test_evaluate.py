@@ -254,3 +254,36 @@ def test_bad_input(tmp_path, real, synthetic, kwargs, error, match):
     with pytest.raises(error, match=match):
         evaluate(real, synthetic, tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_statistics_are_by_patient_when_patients_have_several_slices(tmp_path, tiny_network):
+    """Real patients with 4 near-identical slices each: references must not pair slices of one patient."""
+    g = torch.Generator().manual_seed(0)
+    real = []
+    for seed in range(8):
+        case = make_phantom_case(seed, spatial_size=(64, 64), spacing=4.0)
+        for _ in range(4):  # neighbouring slices: the same anatomy, a little noise
+            real.append({**case, "ct": case["ct"] + 5.0 * torch.randn(case["ct"].shape, generator=g)})
+    new = [make_phantom_case(100 + s, spatial_size=(64, 64), spacing=4.0) for s in range(8)]
+    metrics = evaluate(
+        real, new, tmp_path / "eval", feature_network=tiny_network, max_pairs=40, grid_samples=0
+    )
+    assert metrics["num_real"] == 32 and metrics["num_real_patients"] == 8
+    assert metrics["per_sample"]["real_patient_ids"][:5] == ["PHANTOM-0000"] * 4 + ["PHANTOM-0001"]
+    ref = metrics["fid"]["reference"]
+    assert ref["num_patients_reference"] == 4 and 1 <= ref["num_patients_compared"] <= 4
+    assert ref["n_reference"] == 16 and ref["unit"] == "patient-disjoint halves of the real set"
+    # new patients against leave-one-patient-out real distances: about as far as real patients are apart
+    assert metrics["memorisation"]["reference_unit"] == "leave one patient out"
+    assert 0.3 < metrics["memorisation"]["median_ratio"] < 3.0
+    paired = metrics["pairedness"]["real"]
+    assert paired["num_patients"] == 8 and paired["score"]["n"] == 8 and paired["score"]["num_slices"] == 32
+    assert metrics["diversity"]["ct"]["num_pairs_real"] == 40  # subsampled from the 448 cross-patient pairs
+    text = (tmp_path / "eval" / "metrics.md").read_text(encoding="utf-8")
+    assert "32 samples of 8 patients" in text and "patient-disjoint real halves" in text
+    # the same real set read slice by slice (every slice its own case) shows what the old reference did
+    as_slices = [{**s, "case_id": f"slice-{i}"} for i, s in enumerate(real)]
+    old = evaluate(
+        as_slices, new, tmp_path / "old", feature_network=tiny_network, max_pairs=40, grid_samples=0
+    )
+    assert old["memorisation"]["median_ratio"] > 3 * metrics["memorisation"]["median_ratio"]

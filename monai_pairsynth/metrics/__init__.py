@@ -4,9 +4,12 @@
   this package's own feature network;
 - diversity: :func:`pairwise_ms_ssim` / :func:`diversity_report` (MS-SSIM with 3 scales and a 7-pixel window,
   so 64 x 64 and 128 x 128 work);
-- pairedness: :func:`pairedness` (mask vs PET at 40 % SUVmax, CT vs PET body outline);
+- pairedness: :func:`pairedness` (score = lesion uptake against its local background x CT/PET gradient
+  alignment; the earlier 40 % SUVmax and body-outline Dice beside it);
 - memorisation: :func:`memorisation_report` (nearest real training sample in feature space);
-- downstream: :func:`compare_dice` (mean ± sd, paired t-test and Wilcoxon).
+- downstream: :func:`compare_dice` (mean ± sd, paired t-test and Wilcoxon; over patients with ``patient_ids``);
+- statistics by patient: :func:`patient_ids`, :func:`patient_means`, :func:`summarize_by_patient`,
+  :func:`patient_disjoint_halves` (slices of one patient are not independent samples).
 
 The entry point that computes all of them on a real and a synthetic set is :mod:`monai_pairsynth.evaluate`.
 See ``docs/metrics.md``.
@@ -14,6 +17,7 @@ See ``docs/metrics.md``.
 
 from __future__ import annotations
 
+from .by_patient import patient_disjoint_halves, patient_ids, patient_means, summarize_by_patient
 from .dice_comparison import compare_dice
 from .distribution_distance import MMDKernel, feature_fid, median_bandwidth, mmd
 from .diversity import MS_SSIM_KERNEL_SIZE, MS_SSIM_WEIGHTS, diversity_report, ms_ssim, pairwise_ms_ssim
@@ -36,5 +40,9 @@ __all__ = [
     "ms_ssim",
     "pairedness",
     "pairwise_ms_ssim",
+    "patient_disjoint_halves",
+    "patient_ids",
+    "patient_means",
     "summarize",
+    "summarize_by_patient",
 ]

@@ -1,7 +1,10 @@
 """Downstream segmentation Dice of two arms (e.g. real-only vs real + synthetic) with paired tests.
 
-The two Dice lists are paired: entry ``i`` of both comes from the same seed (or the same test case), so the
-tests are on the differences ``d_i = b_i - a_i``: SciPy's paired t-test (``ttest_rel``) and the Wilcoxon
+The two Dice lists are paired: entry ``i`` of both comes from the same seed (or the same test slice), so the
+tests are on the differences ``d_i = b_i - a_i``. When the entries are slices, pass ``patient_ids``: both arms
+are then averaged over each patient's slices first and the tests run over patients (the slices of one patient
+are not independent; 40 slices of one patient are one observation, not 40). The result says its ``unit``.
+The tests are SciPy's paired t-test (``ttest_rel``) and the Wilcoxon
 signed-rank test (``wilcoxon``). Degenerate inputs that make SciPy warn or divide by zero (fewer than 2 pairs,
 all differences equal, all differences zero) are answered explicitly and explained in ``notes``, so the
 function never fails under ``-W error``.
@@ -16,6 +19,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from .by_patient import patient_means
 
 __all__ = ["compare_dice"]
 
@@ -50,36 +55,57 @@ def _sd(x: np.ndarray) -> float:
 
 
 def compare_dice(
-    dice_a: Sequence[float], dice_b: Sequence[float], alternative: str = "two-sided"
+    dice_a: Sequence[float],
+    dice_b: Sequence[float],
+    alternative: str = "two-sided",
+    patient_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Mean ± sd of two paired Dice lists, their difference ``b - a`` and paired tests.
 
     Args:
-        dice_a: Dice per seed (or case) of arm A, e.g. real only.
-        dice_b: Dice of arm B for the same seeds, same length.
+        dice_a: Dice per seed (or case, or slice) of arm A, e.g. real only.
+        dice_b: Dice of arm B for the same seeds / cases / slices, same length.
         alternative: ``"two-sided"``, ``"greater"`` (B > A) or ``"less"``, for both tests.
+        patient_ids: the patient of every entry; the entries of one patient are averaged (in each arm) before
+            the statistics, which then run over patients. ``None``: every entry is one independent unit.
 
     Returns:
-        ``{"n", "mean_a", "sd_a", "mean_b", "sd_b", "mean_diff", "sd_diff", "a", "b", "diff" (strings
+        ``{"n" (units compared: patients when ``patient_ids`` is given), "unit" ("patient" or "entry"),
+        "num_entries" (entries before averaging), "patients" (ids in order, or None), "mean_a", "sd_a", "mean_b", "sd_b", "mean_diff", "sd_diff", "a", "b", "diff" (strings
         "mean ± sd"), "t_statistic", "t_pvalue", "wilcoxon_statistic", "wilcoxon_pvalue", "alternative",
         "notes"}``. ``sd`` is the sample standard deviation (0 for one value). A test that cannot be computed
         gives NaN and a note; all differences equal and non-zero give ``t = ±inf``, ``p = 0`` (the limit of
         the t-test; the Wilcoxon test still gives its exact p-value); all differences zero give ``p = 1``.
 
     Raises:
-        ValueError: empty or unequal-length lists, values outside [0, 1] or NaN, a bad ``alternative``.
+        ValueError: empty or unequal-length lists, values outside [0, 1] or NaN, a bad ``alternative``, a
+            ``patient_ids`` of another length.
 
     Example:
         >>> a = [0.60, 0.62, 0.58, 0.65, 0.61, 0.59, 0.63, 0.60]
         >>> r = compare_dice(a, [x + 0.05 for x in a])
         >>> round(r["mean_diff"], 6), r["t_pvalue"], round(r["wilcoxon_pvalue"], 4)
         (0.05, 0.0, 0.0078)
+        >>> one = compare_dice(a, [x + 0.05 for x in a], patient_ids=["P1"] * 8)  # 8 slices of one patient
+        >>> one["n"], one["unit"], one["t_pvalue"]
+        (1, 'patient', nan)
     """
     if alternative not in _ALTERNATIVES:
         raise ValueError(f"alternative must be one of {list(_ALTERNATIVES)}, got {alternative!r}.")
     a, b = _as_dice(dice_a, "dice_a"), _as_dice(dice_b, "dice_b")
     if a.size != b.size:
         raise ValueError(f"dice_a has {a.size} values and dice_b {b.size}; paired tests need equal lengths.")
+    num_entries = int(a.size)
+    patients = None
+    if patient_ids is not None:
+        if isinstance(patient_ids, (str, bytes)) or len(patient_ids) != a.size:
+            raise ValueError(
+                f"patient_ids must give one patient per Dice value ({a.size}), got "
+                f"{len(patient_ids) if not isinstance(patient_ids, (str, bytes)) else 'a string'}."
+            )
+        per_a, per_b = patient_means(a, patient_ids), patient_means(b, patient_ids)
+        patients = per_a["patients"]
+        a, b = per_a["means"], per_b["means"]
     d = b - a
     n = int(d.size)
     mean_diff = float(d.mean())
@@ -126,8 +152,13 @@ def compare_dice(
 
     mean_a, mean_b = float(a.mean()), float(b.mean())
     sd_a, sd_b, sd_d = _sd(a), _sd(b), _sd(d)
+    if patients is not None and n < num_entries:
+        notes.append(f"{num_entries} entries averaged over {n} patient(s) first; the tests run over patients")
     return {
         "n": n,
+        "unit": "patient" if patients is not None else "entry",
+        "num_entries": num_entries,
+        "patients": patients,
         "mean_a": mean_a,
         "sd_a": sd_a,
         "mean_b": mean_b,

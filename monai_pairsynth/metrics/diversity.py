@@ -108,8 +108,12 @@ def pairwise_ms_ssim(
     kernel_size: int = MS_SSIM_KERNEL_SIZE,
     kernel_sigma: float = 1.5,
     weights: Sequence[float] = MS_SSIM_WEIGHTS,
+    patients: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Mean MS-SSIM over pairs of distinct images of a set (1: all the same image; lower: more diverse).
+
+    With ``patients``, only pairs of images of *different* patients count: two slices of one patient are not
+    two samples of the population's diversity.
 
     Args:
         images: ``(N, C, H, W[, D])``, ``N >= 2``, in ``[0, data_range]``.
@@ -119,6 +123,7 @@ def pairwise_ms_ssim(
         seed: seeds the pair subsample.
         batch_size: pairs per MS-SSIM call.
         kernel_size, kernel_sigma, weights: see :func:`ms_ssim`.
+        patients: the patient of every image (``None``: each image its own patient).
 
     Returns:
         ``{"mean": ..., "sd": ..., "num_pairs": ...}`` (``sd`` over the evaluated pairs).
@@ -142,6 +147,14 @@ def pairwise_ms_ssim(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     _check_ms_ssim_size(tuple(images.shape[2:]), int(kernel_size), len(weights), "the image set")
     pairs = torch.triu_indices(n, n, offset=1)  # (2, N(N-1)/2)
+    if patients is not None:
+        if isinstance(patients, str) or len(patients) != n:
+            raise ValueError(f"patients must name the patient of each of the {n} images.")
+        codes = {pid: i for i, pid in enumerate(dict.fromkeys(str(p) for p in patients))}
+        group = torch.tensor([codes[str(p)] for p in patients])
+        pairs = pairs[:, group[pairs[0]] != group[pairs[1]]]
+        if pairs.shape[1] == 0:
+            raise ValueError("all images are of one patient: no pair of different patients to compare.")
     total = pairs.shape[1]
     if max_pairs is not None and total > int(max_pairs):
         keep = torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[: int(max_pairs)]
@@ -165,6 +178,8 @@ def diversity_report(
     units: IntensityUnits | str = IntensityUnits.PHYSICAL,
     max_pairs: int | None = 300,
     seed: int = 0,
+    real_patients: Sequence[str] | None = None,
+    synthetic_patients: Sequence[str] | None = None,
     **ms_ssim_kwargs: Any,
 ) -> dict[str, dict[str, float]]:
     """Mean pairwise MS-SSIM of each image modality, synthetic-vs-synthetic beside real-vs-real.
@@ -180,12 +195,14 @@ def diversity_report(
         units: ``"physical"`` (HU, SUV) or ``"normalized"`` ([-1, 1]).
         max_pairs: pairs evaluated per set and modality (subsampled with ``seed``; ``None``: all).
         seed: seeds the pair subsample.
+        real_patients, synthetic_patients: the patient of every sample of each set; only pairs of different
+            patients are compared (``None``: each sample its own patient, e.g. independent synthetic draws).
         ms_ssim_kwargs: ``kernel_size``, ``kernel_sigma``, ``weights``, ``batch_size`` of
             :func:`pairwise_ms_ssim`.
 
     Returns:
         ``{key: {"synthetic": s, "real": r, "synthetic_sd", "real_sd", "diversity_ratio": (1 - s) / (1 - r),
-        "num_pairs_synthetic", "num_pairs_real"}}``. ``diversity_ratio`` is 1 when the synthetic set is as
+        "num_pairs_synthetic", "num_pairs_real"}}`` (pairs of different patients). ``diversity_ratio`` is 1 when the synthetic set is as
         diverse as the real one, below 1 when less diverse (0: all copies of one image), above 1 when more.
     """
     if isinstance(image_keys, str):
@@ -210,6 +227,7 @@ def diversity_report(
         "real": gather_keys(real, image_keys, name="real set"),
     }
     report: dict[str, dict[str, float]] = {}
+    groups = {"synthetic": synthetic_patients, "real": real_patients}
     for key in image_keys:
         entry: dict[str, float] = {}
         for which, data in sets.items():
@@ -219,7 +237,9 @@ def diversity_report(
             x = (x.clamp(-1.0, 1.0) + 1.0) / 2.0
             if x.shape[0] < 2:
                 raise ValueError(f"the {which} set has {x.shape[0]} sample(s); diversity needs at least 2.")
-            result = pairwise_ms_ssim(x, data_range=1.0, max_pairs=max_pairs, seed=seed, **ms_ssim_kwargs)
+            result = pairwise_ms_ssim(
+                x, data_range=1.0, max_pairs=max_pairs, seed=seed, patients=groups[which], **ms_ssim_kwargs
+            )
             entry[which] = result["mean"]
             entry[f"{which}_sd"] = result["sd"]
             entry[f"num_pairs_{which}"] = result["num_pairs"]

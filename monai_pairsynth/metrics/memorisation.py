@@ -7,6 +7,10 @@ closer to a real one than, say, the 1st percentile of those real-to-real distanc
 two distinct real patients are: a likely copy. For a generator that does not copy, the fraction of synthetic
 samples below the ``p``-th percentile is about ``p`` % (slightly more, since a synthetic sample has ``N``
 real neighbours to choose from and a real one ``N - 1``); a memorising generator gives a fraction far above.
+
+With several slices per patient, pass ``real_patients``: a real slice's nearest neighbour is then searched among
+the *other patients'* slices only (leave one patient out). Otherwise the next slice of the same patient, a
+near-copy, sets the reference, and a generator that makes genuinely new patients looks like a failure.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def memorisation_report(
     real_train_features: Any,
     percentiles: Sequence[float] = (1.0, 5.0),
     flag_percentile: float | None = None,
+    real_patients: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Nearest-real-sample distances of synthetic samples against the real leave-one-out NN distances.
 
@@ -36,13 +41,17 @@ def memorisation_report(
             synthetic samples is reported.
         flag_percentile: a synthetic sample is ``flagged`` when its nearest-real distance is below this
             percentile of the real NN distances (default: the smallest of ``percentiles``).
+        real_patients: the patient of every real sample; real-to-real distances then skip samples of the same
+            patient (leave one patient out). ``None``: every real sample is its own patient.
 
     Returns:
         A dict with
 
         - ``nearest_real_distance`` ``(M,)`` float64 and ``nearest_real_index`` ``(M,)`` int64: each
           synthetic sample's nearest real sample;
-        - ``real_nn_distance`` ``(N,)``: each real sample's distance to its nearest other real sample;
+        - ``real_nn_distance`` ``(N,)``: each real sample's distance to its nearest real sample of another
+          patient (``inf`` when there is no other patient);
+        - ``reference_unit``: ``"leave one patient out"`` or ``"leave one sample out"``;
         - ``thresholds``: ``{p: the p-th percentile of real_nn_distance}`` (linear interpolation);
         - ``fraction_below``: ``{p: fraction of synthetic samples with nearest_real_distance < threshold}``;
         - ``flagged`` ``(M,)`` bool, ``num_flagged``, ``flag_percentile``, ``flag_threshold``;
@@ -80,6 +89,18 @@ def memorisation_report(
     nearest, index = to_real.min(dim=1)
     real_real = torch.cdist(real, real)
     real_real.fill_diagonal_(float("inf"))
+    if real_patients is not None:
+        if isinstance(real_patients, str) or len(real_patients) != real.shape[0]:
+            raise ValueError(
+                f"real_patients must name the patient of each of the {real.shape[0]} real samples."
+            )
+        codes = {pid: i for i, pid in enumerate(dict.fromkeys(str(p) for p in real_patients))}
+        if len(codes) < 2:
+            raise ValueError(
+                "real_patients holds one patient; leave-one-patient-out distances need at least 2."
+            )
+        group = torch.tensor([codes[str(p)] for p in real_patients])
+        real_real[group[:, None] == group[None, :]] = float("inf")
     real_nn = real_real.min(dim=1).values
 
     def threshold(p: float) -> float:
@@ -94,6 +115,7 @@ def memorisation_report(
         "nearest_real_distance": nearest,
         "nearest_real_index": index,
         "real_nn_distance": real_nn,
+        "reference_unit": "leave one patient out" if real_patients is not None else "leave one sample out",
         "thresholds": thresholds,
         "fraction_below": fraction,
         "flag_percentile": float(flag_percentile),
