@@ -21,9 +21,10 @@ arm's real training cases only. This script runs the rest and writes ``docs/resu
     Mixing goes through the package's ``MixedDataset`` (r·N synthetic items per epoch next to the N real ones,
     re-drawn from the pool every epoch by ``MixedDatasetEpochHandler``), inside a MONAI ``SupervisedTrainer``.
 ``report``
-    Mean ± sd over seeds, paired tests against ``real`` (t-test and Wilcoxon over the seed means and over all
-    test slices of all seeds, via ``monai_pairsynth.metrics.compare_dice``), a plot of Dice against r, and the
-    markdown page.
+    Mean ± sd over seeds, paired tests against ``real`` via ``monai_pairsynth.metrics.compare_dice``: t-test
+    over the seed means, and t-test and Wilcoxon over the test patients (each test patient's Dice averaged
+    over its slices and the seeds first: a patient seen by 3 seeds is one observation, not 3), a plot of Dice
+    against r, and the markdown page.
 
 Usage::
 
@@ -394,6 +395,12 @@ def _fmt(mean: float, sd: float) -> str:
     return f"{mean:.3f} ± {sd:.3f}"
 
 
+def _test_patients(run: dict[str, Any]) -> list[str]:
+    """The test patient of each Dice of a run: its recorded ``test_patients``, else the test slice's index
+    (the phantom test set has one slice per simulated patient, in the same order in every run)."""
+    return [str(p) for p in run.get("test_patients") or [f"test-{i}" for i in range(len(run["dice"]))]]
+
+
 def summarise(results: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """Per (N_real, arm): mean ± sd of the seed means and paired tests against ``real`` (or ``ct_real``)."""
     import numpy as np
@@ -422,15 +429,18 @@ def summarise(results: list[dict[str, Any]], settings: Settings) -> dict[str, An
             if name != base:
                 base_runs = [by[(n, base, s)] for s in settings.seeds]
                 seeds_cmp = compare_dice([r["mean_dice"] for r in base_runs], means)
-                slices_cmp = compare_dice(
-                    [d for r in base_runs for d in r["dice"]], [d for r in runs for d in r["dice"]]
+                patients_cmp = compare_dice(
+                    [d for r in base_runs for d in r["dice"]],
+                    [d for r in runs for d in r["dice"]],
+                    patient_ids=[pid for r in runs for pid in _test_patients(r)],
                 )
                 row.update(
                     diff=seeds_cmp["mean_diff"],
                     p_seed_t=seeds_cmp["t_pvalue"],
-                    p_slice_t=slices_cmp["t_pvalue"],
-                    p_slice_wilcoxon=slices_cmp["wilcoxon_pvalue"],
-                    n_slices=slices_cmp["n"],
+                    p_patient_t=patients_cmp["t_pvalue"],
+                    p_patient_wilcoxon=patients_cmp["wilcoxon_pvalue"],
+                    n_patients=patients_cmp["n"],
+                    n_slices=patients_cmp["num_entries"],
                 )
             table[f"n{n}/{name}"] = row
     return table
@@ -471,8 +481,8 @@ def _p(value: Any) -> str:
 
 
 def _verdict(row: dict[str, Any]) -> str:
-    """A mechanical reading of one arm against its baseline (slice-level paired t-test, 5 % level)."""
-    p = row.get("p_slice_t")
+    """A mechanical reading of one arm against its baseline (paired t-test over test patients, 5 % level)."""
+    p = row.get("p_patient_t")
     if p is None or p != p:
         return "not testable"
     if p >= 0.05:
@@ -500,7 +510,7 @@ def dice_tables(settings: Settings, table: dict[str, Any]) -> str:
             f"### N_real = {n}",
             "",
             "| arm | test Dice, mean ± sd over seeds | Δ vs baseline | p (t, seed means) | "
-            "p (t, slices) | p (Wilcoxon, slices) | reading |",
+            "p (t, test patients) | p (Wilcoxon, test patients) | reading |",
             "|---|---|---|---|---|---|---|",
         ]
         for arm in arms():
@@ -511,14 +521,14 @@ def dice_tables(settings: Settings, table: dict[str, Any]) -> str:
             reading = _verdict(row) if "diff" in row else ""
             lines.append(
                 f"| {LABELS[arm['arm']]} | {_fmt(row['mean'], row['sd'])} | {diff} | {_p(row.get('p_seed_t'))} | "
-                f"{_p(row.get('p_slice_t'))} | {_p(row.get('p_slice_wilcoxon'))} | {reading} |"
+                f"{_p(row.get('p_patient_t'))} | {_p(row.get('p_patient_wilcoxon'))} | {reading} |"
             )
         lines.append("")
     return "\n".join(lines)
 
 
 def outcome(settings: Settings, table: dict[str, Any]) -> str:
-    """Plain sentences read off the table (mechanically: slice-level t-test at 5 %, and the seed means)."""
+    """Plain sentences read off the table (mechanically: t-test over test patients at 5 %, and the seed means)."""
     out = []
     for n in settings.n_real:
         rows = {k.split("/")[1]: v for k, v in table.items() if v["n_real"] == n}
@@ -550,8 +560,8 @@ def outcome(settings: Settings, table: dict[str, Any]) -> str:
             if seed_level
             else "no difference is significant at 5 %"
         )
-        + f". With {k} seeds only large effects can be; the slice-level p-values are optimistic (the slices of"
-        " one seed share one network)."
+        + f". With {k} seeds only large effects can be; the test-patient p-values treat the test patients as the"
+        " sample (each patient's Dice averaged over seeds first), not the training seeds."
     )
     return "\n".join(out)
 
@@ -633,12 +643,13 @@ few? Every number below was measured by the commands in [How to reproduce](#how-
   runs {s.seg_steps} steps on the filtered pool alone, then {s.seg_steps} on real cases. Input: CT + PET
   (two channels), or CT alone in the CT-only variant. The network after the last step is tested (no
   model selection on test data; no validation split is used).
-- **Statistics.** Dice per test slice (tumour, background excluded; every test slice contains tumour).
-  "mean ± sd over seeds" is over the {len(s.seeds)} per-seed mean Dice values. p-values compare each arm
-  with its baseline (`real`, or `ct_real` for the CT-only arm): paired t-test over the seed means (n =
-  {len(s.seeds)}, low power), and paired t-test and Wilcoxon signed-rank over all test slices of all seeds
-  (n = {len(s.seeds) * s.num_test} pairs; slices of one seed share one trained network, so these p-values are
-  optimistic). "reading" applies the slice-level t-test at the 5 % level.
+- **Statistics, by patient.** Dice per test slice (tumour, background excluded; every test slice contains
+  tumour; here one slice per simulated patient). "mean ± sd over seeds" is over the {len(s.seeds)} per-seed
+  mean Dice values. p-values compare each arm with its baseline (`real`, or `ct_real` for the CT-only arm):
+  paired t-test over the seed means (n = {len(s.seeds)}, low power), and paired t-test and Wilcoxon
+  signed-rank over the test patients (n = {s.num_test}; each patient's Dice averaged over its slices and the
+  {len(s.seeds)} seeds first, so no patient counts twice). "reading" applies the test-patient t-test at the
+  5 % level.
 
 ## What came out
 

@@ -1186,18 +1186,34 @@ def format_results_table(results: Mapping[str, Any]) -> str:
         | result | value |
         |---|---|
         | test Dice, mixed (n = 4) | 0.700 ± 0.100 |
+        >>> dice = {"mixed": {"mean": 0.7, "sd": 0.1, "n": 3, "num_slices": 40, "unit": "patient"}}
+        >>> print(format_results_table({"dice": dice}).splitlines()[-1])
+        | test Dice, mixed (n = 3 patients, 40 slices; mean ± sd over patients) | 0.700 ± 0.100 |
     """
     rows: list[tuple[str, str]] = []
     dice = results.get("dice") or {}
     for name, entry in dice.items():
-        rows.append((f"test Dice, {name} (n = {entry['n']})", _pm(entry["mean"], entry["sd"])))
+        if entry.get("unit") == "patient":
+            label = (
+                f"test Dice, {name} (n = {entry['n']} patients, {entry.get('num_slices', '?')} slices; "
+                "mean ± sd over patients)"
+            )
+        else:
+            label = f"test Dice, {name} (n = {entry['n']})"
+        rows.append((label, _pm(entry["mean"], entry["sd"])))
     comparison = results.get("comparison")
     if comparison:
+        over = (
+            f"paired over {comparison['n']} patients"
+            if comparison.get("unit") == "patient"
+            else "paired over test cases"
+        )
+        p = comparison.get("t_pvalue")
         rows.append(
             (
-                f"difference {comparison['labels'][1]} - {comparison['labels'][0]} (paired over test cases)",
+                f"difference {comparison['labels'][1]} - {comparison['labels'][0]} ({over})",
                 f"{comparison['mean_diff']:+.3f} ± {comparison['sd_diff']:.3f}, paired t-test p = "
-                + (f"{comparison['t_pvalue']:.3g}" if comparison.get("t_pvalue") is not None else "n/a"),
+                + (f"{p:.3g}" if p is not None else "n/a (a test needs at least 2 patients)"),
             )
         )
     pool = results.get("pool")
@@ -1228,15 +1244,22 @@ def _generation_rows(metrics: Mapping[str, Any]) -> dict[str, str]:
     rows: dict[str, str] = {}
     ref = (metrics.get("fid") or {}).get("reference")
     if ref:
-        rows[f"feature FID, synthetic vs real (n = {ref['n_compared']}; real vs real in brackets)"] = (
-            f"{_fmt(ref['synthetic_vs_real'])} ({_fmt(ref['real_vs_real'])})"
-        )
+        rows[
+            f"feature FID, synthetic vs real (n = {ref['n_compared']}; in brackets: real vs real, "
+            "patient-disjoint halves)"
+        ] = f"{_fmt(ref['synthetic_vs_real'])} ({_fmt(ref['real_vs_real'])})"
     else:
         rows["feature FID, synthetic vs real"] = _fmt((metrics.get("fid") or {}).get("synthetic_vs_real"))
     paired = metrics.get("pairedness")
     if paired:
-        s, r = paired["synthetic"]["lesion_dice"], paired["real"]["lesion_dice"]
-        rows["pairedness: mask vs PET ≥ 40 % SUVmax Dice (real in brackets)"] = (
+        term = "score" if "score" in paired["synthetic"] else "lesion_dice"
+        s, r = paired["synthetic"][term], paired["real"][term]
+        label = (
+            "pairedness score, lesion x structure"
+            if term == "score"
+            else "pairedness: mask vs PET ≥ 40 % SUVmax Dice"
+        )
+        rows[f"{label} (over samples; in brackets: real, over {r.get('n', '?')} patients)"] = (
             f"{_pm(s.get('mean'), s.get('sd'))} ({_pm(r.get('mean'), r.get('sd'))})"
         )
     diversity = metrics.get("diversity") or {}
@@ -1244,15 +1267,15 @@ def _generation_rows(metrics: Mapping[str, Any]) -> dict[str, str]:
         if key == "skipped":
             rows["MS-SSIM diversity"] = f"skipped: {entry}"
             continue
-        rows[f"mean pairwise MS-SSIM, {key} (real in brackets; lower = more diverse)"] = (
-            f"{_fmt(entry['synthetic'], 3)} ({_fmt(entry['real'], 3)})"
-        )
+        rows[
+            f"mean pairwise MS-SSIM, {key} (real pairs of different patients in brackets; lower = more diverse)"
+        ] = f"{_fmt(entry['synthetic'], 3)} ({_fmt(entry['real'], 3)})"
     mem = metrics.get("memorisation")
     if mem:
         rows["memorisation: flagged near-copies"] = f"{mem['num_flagged']} of {metrics.get('num_synthetic')}"
-        rows["memorisation: median nearest-real distance ratio (about 1 = no copying)"] = _fmt(
-            mem.get("median_ratio"), 3
-        )
+        rows[
+            "memorisation: median nearest-real distance ratio (real: nearest other patient; about 1 = no copying)"
+        ] = _fmt(mem.get("median_ratio"), 3)
     return rows
 
 
@@ -1270,8 +1293,12 @@ def write_evaluation_report(
     Args:
         output_dir: where to write.
         dice: ``{arm name: per-case Dice}``, e.g. ``{"real only": [...], "mixed": [...]}``; two arms are
-            compared with :func:`monai_pairsynth.metrics.compare_dice` (second minus first, paired over cases).
-        case_ids: test case id of each Dice entry.
+            compared with :func:`monai_pairsynth.metrics.compare_dice` (second minus first, paired over
+            patients).
+        case_ids: test case id of each Dice entry (slices of one case share it). The Dice values are averaged
+            per patient (:func:`monai_pairsynth.metrics.patient_ids`: the patient of the case id) before the
+            mean ± sd and the paired tests, which run over patients; without ``case_ids`` every entry is its own
+            patient.
         pool_file: the pool whose counts are reported (its ``counts.json`` beside it when present, else the
             pool's own running counts).
         generation_metrics: the result of :func:`monai_pairsynth.evaluate.evaluate` on the pool.
@@ -1280,7 +1307,7 @@ def write_evaluation_report(
     Returns:
         the content of ``evaluation.json``.
     """
-    from monai_pairsynth.metrics import compare_dice
+    from monai_pairsynth.metrics import compare_dice, patient_ids, patient_means
 
     results: dict[str, Any] = {"dice": {}, "settings": dict(settings or {})}
     arms = {name: [float(v) for v in values] for name, values in dice.items()}
@@ -1292,24 +1319,37 @@ def write_evaluation_report(
     n = lengths.pop() if lengths else 0
     if case_ids is not None and len(case_ids) != n:
         raise ValueError(f"case_ids has {len(case_ids)} entries for {n} Dice values.")
+    patients = (
+        patient_ids([{"case_id": c} for c in case_ids])
+        if case_ids is not None
+        else [f"case-{i}" for i in range(n)]
+    )
     # MONAI's Dice is NaN where the ground truth is empty (no tumour): the same cases in every arm
     keep = [i for i in range(n) if all(math.isfinite(v[i]) for v in arms.values())]
     excluded = [i for i in range(n) if i not in set(keep)]
+    kept_patients = [patients[i] for i in keep]
     for name, values in arms.items():
-        kept = [values[i] for i in keep]
-        mean, sd = _mean_sd(kept) if kept else (math.nan, math.nan)
+        per = patient_means([values[i] for i in keep], kept_patients)
+        mean, sd = _mean_sd(per["means"].tolist()) if keep else (math.nan, math.nan)
         results["dice"][name] = {
-            "mean": mean if kept else None,
-            "sd": sd if kept else None,
-            "n": len(kept),
+            "mean": mean if keep else None,
+            "sd": sd if keep else None,
+            "n": len(per["patients"]),
+            "num_slices": len(keep),
+            "unit": "patient",
             "per_case": [v if math.isfinite(v) else None for v in values],
+            "per_patient": dict(zip(per["patients"], per["means"].tolist())),
         }
+    results["unit"] = (
+        "patient: slice Dice averaged per patient, then mean ± sd and paired tests over patients"
+    )
     if case_ids is not None:
         results["case_ids"] = [str(c) for c in case_ids]
+    results["patient_ids"] = patients
     results["excluded_cases"] = [str(case_ids[i]) if case_ids is not None else i for i in excluded]
     if len(arms) == 2 and keep:
         (name_a, a), (name_b, b) = [(k, [v[i] for i in keep]) for k, v in arms.items()]
-        comparison = compare_dice(list(a), list(b))
+        comparison = compare_dice(list(a), list(b), patient_ids=kept_patients)
         results["comparison"] = {
             "labels": [name_a, name_b],
             **{

@@ -327,10 +327,36 @@ def test_write_evaluation_report(tmp_path, capsys):
     saved = json.loads((tmp_path / "evaluation.json").read_text())
     assert saved["dice"]["real only"]["per_case"][2] is None
     printed = capsys.readouterr().out
-    assert "| test Dice, real only (n = 3) | 0.600 ± 0.100 |" in printed
-    assert "| difference mixed - real only (paired over test cases) | +0.100 ± 0.100" in printed
+    assert (
+        "| test Dice, real only (n = 3 patients, 3 slices; mean ± sd over patients) | 0.600 ± 0.100 |"
+        in printed
+    )
+    assert "| difference mixed - real only (paired over 3 patients) | +0.100 ± 0.100" in printed
     with pytest.raises(ValueError, match="different lengths"):
         write_evaluation_report(tmp_path, {"a": [0.1], "b": [0.1, 0.2]})
+
+
+def test_evaluation_report_slices_of_one_patient_give_no_p_value(tmp_path, capsys):
+    """The bundle once reported "paired over test cases ... p = 0.0199" from 13 slices of one patient."""
+    real_only = [0.40 + 0.02 * i for i in range(13)]
+    mixed = [v + 0.05 + 0.001 * i for i, v in enumerate(real_only)]
+    results = write_evaluation_report(
+        tmp_path, {"real only": real_only, "mixed": mixed}, case_ids=["STS_004"] * 13
+    )
+    comparison = results["comparison"]
+    assert comparison["n"] == 1 and comparison["unit"] == "patient" and comparison["num_entries"] == 13
+    assert comparison["t_pvalue"] is None and comparison["wilcoxon_pvalue"] == 1.0
+    assert results["dice"]["mixed"]["n"] == 1 and results["dice"]["mixed"]["num_slices"] == 13
+    printed = capsys.readouterr().out
+    assert "(paired over 1 patients)" in printed and "p = n/a (a test needs at least 2 patients)" in printed
+    # HECKTOR-style case ids of one patient (CHUM-001, CHUM-001_2) are one patient; slice ids give the patient
+    two = write_evaluation_report(
+        tmp_path,
+        {"a": [0.5, 0.6, 0.7, 0.2], "b": [0.6, 0.7, 0.8, 0.3]},
+        case_ids=["CHUM-001", "CHUM-001_2", "CHUM-002", "CHUM-002"],
+    )
+    assert two["comparison"]["n"] == 2 and two["comparison"]["patients"] == ["CHUM-001", "CHUM-002"]
+    assert two["dice"]["a"]["per_patient"] == pytest.approx({"CHUM-001": 0.55, "CHUM-002": 0.45})
 
 
 def test_format_results_table_pool_rows():

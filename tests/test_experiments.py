@@ -47,6 +47,31 @@ def _run(args, cwd, timeout=600):
     return proc.stdout
 
 
+def test_summary_tests_over_test_patients_not_seed_times_slice():
+    """3 seeds x 4 test patients: the paired tests run over the 4 patients (Dice averaged over seeds)."""
+    import math
+
+    import downstream
+
+    settings = downstream.Settings(n_real=(16,), seeds=(0, 1, 2), num_test=4)
+    real = {0: [0.5, 0.6, 0.7, 0.4], 1: [0.55, 0.6, 0.65, 0.45], 2: [0.5, 0.65, 0.7, 0.4]}
+    results = []
+    for seed, dice in real.items():
+        for arm in downstream.arms():
+            shift = 0.0 if arm["arm"] in ("real", "ct_real") else 0.03
+            values = [d + shift + 0.001 * seed for d in dice]
+            results.append(
+                {"n_real": 16, "arm": arm["arm"], "seed": seed, "dice": values, "mean_dice": sum(values) / 4}
+            )
+    row = downstream.summarise(results, settings)["n16/filtered_r0.5"]
+    assert row["n_patients"] == 4 and row["n_slices"] == 12
+    assert row["diff"] == pytest.approx(0.03)
+    # every patient gains 0.03 + 0.001 * mean seed: all differences equal, the degenerate t-test is p = 0;
+    # the Wilcoxon test over 4 patients cannot go below 0.125 (it could with 12 seed x slice pairs)
+    assert row["p_patient_wilcoxon"] == pytest.approx(0.125) and not math.isnan(row["p_patient_t"])
+    assert "p (t, test patients)" in downstream.dice_tables(settings, {"n16/filtered_r0.5": row})
+
+
 @pytest.mark.slow
 def test_generator_stage_then_quick_experiment(tmp_path):
     root = tmp_path / "ds"

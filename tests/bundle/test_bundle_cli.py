@@ -211,8 +211,8 @@ def test_demo_quick_end_to_end(tmp_path, tiny_checkpoint):
     text = proc.stdout
     assert "toy-scale DEMO" in text
     for row in (
-        "| test Dice, real only (n = 8) |",
-        "| test Dice, mixed (r = 0.5) (n = 8) |",
+        "| test Dice, real only (n = 8 patients, 8 slices; mean ± sd over patients) |",
+        "| test Dice, mixed (r = 0.5) (n = 8 patients, 8 slices; mean ± sd over patients) |",
         "| pool: accepted / generated | 4 / 16 |",
         "| pool: rejected (by reason) | 12 (",
     ):

@@ -138,7 +138,10 @@ def test_evaluate_compares_two_checkpoints_and_the_pool(tmp_path, generated):
     assert results["pool"]["accepted"] == 4 and results["pool"]["generated"] == 16
     assert any(k.startswith("feature FID") for k in results["generation"])
     assert results["case_ids"][0] == "PHANTOM-100000"
-    assert "| test Dice, mixed (n = 5) |" in (tmp_path / "eval" / "evaluation.md").read_text()
+    assert (
+        "| test Dice, mixed (n = 5 patients, 5 slices; mean ± sd over patients) |"
+        in (tmp_path / "eval" / "evaluation.md").read_text()
+    )
     assert (tmp_path / "eval" / "generation" / "metrics.json").is_file()
 
 
