@@ -89,7 +89,8 @@ def phantom_reference_table(
 
     Returns:
         One dict per variant: ``name`` and the headline numbers (``fid``, ``fid_real``, ``mmd``, ``mmd_real``,
-        ``ms_ssim_ct``, ``ms_ssim_ct_real``, ``ms_ssim_pet``, ``ms_ssim_pet_real``, ``lesion_dice``,
+        ``ms_ssim_ct``, ``ms_ssim_ct_real``, ``ms_ssim_pet``, ``ms_ssim_pet_real``, ``score`` (pairedness),
+        ``score_real``, ``lesion_dice``,
         ``lesion_dice_real``, ``body_dice``, ``body_dice_real``, ``flagged_fraction``, ``median_ratio``,
         ``seconds``).
     """
@@ -132,6 +133,8 @@ def phantom_reference_table(
                 "ms_ssim_ct_real": diversity["ct"]["real"],
                 "ms_ssim_pet": diversity["pet"]["synthetic"],
                 "ms_ssim_pet_real": diversity["pet"]["real"],
+                "score": paired["synthetic"]["score"]["mean"],
+                "score_real": paired["real"]["score"]["mean"],
                 "lesion_dice": paired["synthetic"]["lesion_dice"]["mean"],
                 "lesion_dice_real": paired["real"]["lesion_dice"]["mean"],
                 "body_dice": paired["synthetic"]["body_dice"]["mean"],
@@ -149,17 +152,18 @@ def phantom_reference_table(
 def _markdown(rows: list[dict[str, Any]]) -> str:
     first = rows[0]
     lines = [
-        "| synthetic set | FID (matched) | MMD² (matched) | MS-SSIM CT | MS-SSIM PET | lesion Dice | body Dice "
-        "| flagged copies | NN distance ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| synthetic set | FID (matched) | MMD² (matched) | MS-SSIM CT | MS-SSIM PET | pairedness score "
+        "| 40 % SUVmax Dice | body Dice | flagged copies | NN distance ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| *real half vs real half / real set (reference)* | {first['fid_real']:.4f} | {first['mmd_real']:.4f} | "
-        f"{first['ms_ssim_ct_real']:.3f} | {first['ms_ssim_pet_real']:.3f} | {first['lesion_dice_real']:.3f} | "
-        f"{first['body_dice_real']:.3f} | - | - |",
+        f"{first['ms_ssim_ct_real']:.3f} | {first['ms_ssim_pet_real']:.3f} | {first['score_real']:.3f} | "
+        f"{first['lesion_dice_real']:.3f} | {first['body_dice_real']:.3f} | - | - |",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['fid']:.4f} | {r['mmd']:.4f} | {r['ms_ssim_ct']:.3f} | {r['ms_ssim_pet']:.3f} | "
-            f"{r['lesion_dice']:.3f} | {r['body_dice']:.3f} | {r['flagged_fraction']:.2f} | {r['median_ratio']:.3f} |"
+            f"{r['score']:.3f} | {r['lesion_dice']:.3f} | {r['body_dice']:.3f} | {r['flagged_fraction']:.2f} | "
+            f"{r['median_ratio']:.3f} |"
         )
     return "\n".join(lines)
 

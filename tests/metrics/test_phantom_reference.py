@@ -32,6 +32,9 @@ def test_each_defect_moves_its_metric():
     assert rows["one case repeated (mode collapse)"]["ms_ssim_ct"] > 0.99 > perfect["ms_ssim_ct"]
     assert rows["masks swapped between cases"]["lesion_dice"] < perfect["lesion_dice"] - 0.3
     assert rows["CT flipped anterior-posterior"]["body_dice"] < perfect["body_dice"] - 0.05
+    for broken in ("masks swapped between cases", "CT flipped anterior-posterior"):
+        # measured at this 32 x 32, 8 mm toy size: perfect 0.17, CT flipped 0.07 (0.39 vs 0.10-0.14 at 2-4 mm)
+        assert rows[broken]["score"] < 0.6 * perfect["score"], broken
     assert rows["CT +150 HU, PET x1.5"]["mmd"] > perfect["mmd"]
     table = _markdown(list(rows.values()))
     assert table.count("\n") == len(rows) + 2 and "perfect generator" in table
