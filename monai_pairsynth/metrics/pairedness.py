@@ -7,8 +7,8 @@ for a triplet to be paired. Its two terms, in physical units (HU, SUV, {0, 1}), 
 **Lesion term** (``lesion_score``): the mask against the PET thresholded *relative to the local background*::
 
     background = median PET over the shell dilate(M, 20 mm) minus dilate(M, 2 mm), body voxels only
-                                                   (body: PET smoothed by 2 mm > 0.15 SUV; all shell voxels
-                                                    when fewer than 5 are in the body)
+                                                   (body: the PET body outline of the body term; all shell
+                                                    voxels when fewer than 5 are in the body)
     peak       = max PET over dilate(M, 4 mm)      (the PET blur may put the peak just outside a small mask)
     T          = fill_holes({ PET >= background + 0.3 (peak - background) } ∩ dilate(M, 10 mm))
     lesion_score = 2 |M ∩ T| / (|M| + |T|),   0 when peak <= 1.1 background (no uptake above background)
