@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .clip_grad_norm_handler import ClipGradNormHandler
 from .device_triplet_loader import DeviceTripletLoader
+from .flat_parameters import FlatParameterAdamW, FlatParameterGroup, flatten_into_buffer
 from .foreach_ema_handler import ForeachEMAHandler
 from .loss_components_handler import LOSS_COMPONENTS_KEY, LossComponentsHandler, paired_loss_output_transform
 from .paired_checkpoint import (
@@ -50,6 +51,8 @@ __all__ = [
     "ClipGradNormHandler",
     "DeviceTripletLoader",
     "EpochTimeLimit",
+    "FlatParameterAdamW",
+    "FlatParameterGroup",
     "ForeachEMAHandler",
     "LinearLRWarmup",
     "LossComponentsHandler",
@@ -65,6 +68,7 @@ __all__ = [
     "create_paired_optimizer",
     "create_paired_trainer",
     "export_sampling_checkpoint",
+    "flatten_into_buffer",
     "load_paired_checkpoint",
     "load_paired_weights",
     "noise_scheduler_config",

@@ -8,6 +8,8 @@ import torch
 from ignite.engine import Engine
 from ignite.handlers import EMAHandler
 
+from .flat_parameters import flat_group_of, flatten_into_buffer
+
 __all__ = ["ForeachEMAHandler"]
 
 
@@ -48,15 +50,46 @@ class ForeachEMAHandler(EMAHandler):
     def _lists(self) -> tuple[list[torch.Tensor], ...]:
         # walking the module tree costs ~20 ms for the linked model: gather once
         if self._cache is None:
-            ema = [p.data for p in self.ema_model.parameters()]
-            online = [p.data for p in self.model.parameters()]
-            if len(ema) != len(online):
+            ema_params = list(self.ema_model.parameters())
+            online_params = list(self.model.parameters())
+            if len(ema_params) != len(online_params):
                 raise ValueError(
-                    f"the EMA model has {len(ema)} parameter tensors and the model {len(online)}; they must match."
+                    f"the EMA model has {len(ema_params)} parameter tensors and the model {len(online_params)}; "
+                    "they must match."
                 )
+            ema, online = self._flat_pairs(ema_params, online_params)
             ema_b, online_b = list(self.ema_model.buffers()), list(self.model.buffers())
             self._cache = (ema, online, ema_b, online_b)
         return self._cache
+
+    @staticmethod
+    def _flat_pairs(
+        ema_params: list[torch.nn.Parameter], online_params: list[torch.nn.Parameter]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Tensor lists for the ``lerp``: where the online parameters live in contiguous buffers (see
+        :class:`~monai_pairsynth.engines.FlatParameterAdamW`), the EMA model's matching parameters are moved into
+        a buffer of the same layout and the update runs on the two buffers; other parameters go one by one."""
+        position = {id(p): i for i, p in enumerate(online_params)}
+        ema, online, covered = [], [], set()
+        for p in online_params:
+            group = flat_group_of(p)
+            if group is None or id(group.flat) in covered:
+                continue
+            idx = [position.get(id(m)) for m in group.members]
+            if any(i is None for i in idx):  # the buffer holds parameters of another module too
+                continue
+            members = [ema_params[i] for i in idx]  # type: ignore[index]
+            if any(m.shape != o.shape or m.dtype != o.dtype for m, o in zip(members, group.members)):
+                continue
+            ema.append(flatten_into_buffer(members, with_grad=False).flat.data)
+            online.append(group.flat.data)
+            covered.add(id(group.flat))
+            covered.update(idx)  # type: ignore[arg-type]
+        for i, (e, o) in enumerate(zip(ema_params, online_params)):
+            if i not in covered:
+                ema.append(e.data)
+                online.append(o.data)
+        return ema, online
 
     @torch.no_grad()
     def _update_ema_model(self, engine: Engine, name: str) -> None:

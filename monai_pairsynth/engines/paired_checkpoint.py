@@ -409,7 +409,8 @@ def restore_paired_training(
         raise ValueError("the checkpoint holds no EMA weights, but the trainer keeps an EMA model.")
     if trainer.optimizer is not None and ckpt.get("optimizer") is not None:
         saved_groups = [len(g["params"]) for g in ckpt["optimizer"]["param_groups"]]
-        own_groups = [len(g["params"]) for g in trainer.optimizer.param_groups]
+        # (from the state dict: an optimiser over flat buffers reports its groups in the per-parameter layout)
+        own_groups = [len(g["params"]) for g in trainer.optimizer.state_dict()["param_groups"]]
         if saved_groups != own_groups:
             raise ValueError(
                 f"the optimiser state of the checkpoint has param groups of sizes {saved_groups}, the trainer's "

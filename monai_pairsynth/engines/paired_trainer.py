@@ -380,7 +380,12 @@ def create_paired_trainer(
         )
     loss_function = loss_function.to(device)
     if optimizer is None:
-        optimizer = create_paired_optimizer(model, lr=lr, weight_decay=weight_decay)
+        # one contiguous buffer per denoiser (optimiser, clipping and EMA on ~3 tensors instead of ~930); under
+        # torch.distributed the parameters stay as they are, for DistributedDataParallel's own gradient buckets
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        optimizer = create_paired_optimizer(
+            model, lr=lr, weight_decay=weight_decay, flat_buffers=not distributed
+        )
     if data_generator is None:
         data_generator = getattr(train_data_loader, "generator", None)
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .flat_parameters import FlatParameterAdamW
+
 __all__ = ["create_paired_optimizer", "paired_param_groups"]
 
 _SHARED = "shared"
@@ -161,12 +163,19 @@ def create_paired_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     fused: bool | None = None,
+    flat_buffers: bool = False,
 ) -> torch.optim.AdamW:
     """``torch.optim.AdamW`` over :func:`paired_param_groups` (per-modality lr and weight decay).
 
     ``fused=None`` picks torch's fused kernel (one kernel for all parameters of a device, instead of about a
     dozen per tensor) when every parameter is on a CPU or CUDA device and floating point, else the
     multi-tensor (``foreach``) implementation; ``True`` / ``False`` force it on / off (off: ``foreach``).
+
+    ``flat_buffers=True`` returns a :class:`~monai_pairsynth.engines.FlatParameterAdamW`: each denoiser's
+    parameters move into one contiguous buffer (and their gradients into another), so the update, clipping
+    and EMA run on one tensor per denoiser (what :func:`~monai_pairsynth.engines.create_paired_trainer` uses
+    outside ``torch.distributed``). It needs every group on one device and dtype and the model already on its
+    device; its state dict has the per-parameter layout of the plain optimiser.
 
     Example:
         >>> from torch import nn
@@ -181,4 +190,6 @@ def create_paired_optimizer(
         params = [p for g in groups for p in g["params"]]
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
     kind = {"fused": True} if fused else {"foreach": True}
+    if flat_buffers:
+        return FlatParameterAdamW(groups, betas=betas, eps=eps, **kind)
     return ListCachingAdamW(groups, betas=betas, eps=eps, **kind)
