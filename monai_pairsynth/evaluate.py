@@ -173,6 +173,7 @@ def _preprocess(
     spacing: float | Sequence[float],
     specs: Mapping[str, ModalitySpec],
     load: bool,
+    foreground_values: Sequence[float] | None = (1, 2),
 ) -> list[dict[str, Any]]:
     from monai_pairsynth.data import DenormalizeModalitiesd, preprocess_datalist, preprocessing_transforms
 
@@ -184,6 +185,7 @@ def _preprocess(
         specs=dict(specs),
         extract_slices=len(spatial_size) == 2,
         load=load,
+        foreground_values=foreground_values,
     )
     samples = preprocess_datalist(items, transform)
     to_physical = DenormalizeModalitiesd(list(keys), dict(specs))
@@ -201,6 +203,7 @@ def load_triplet_set(
     spacing: float | Sequence[float] | None = None,
     specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     preprocessed: bool = False,
+    foreground_values: Sequence[float] | None = (1, 2),
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read a set of triplets into a list of per-sample dicts in physical units.
 
@@ -216,6 +219,8 @@ def load_triplet_set(
             ``(128, 128)`` at 2 mm).
         specs: modality specs (default: from the source when it records them, else ``DEFAULT_MODALITY_SPECS``).
         preprocessed: a datalist JSON / HECKTOR folder holds final samples (no preprocessing).
+        foreground_values: label values merged into the tumour when preprocessing real volumes (HECKTOR: GTVp
+            1 and GTVn 2; ``(1,)`` for the primary only); ``None`` requires a binary label.
 
     Returns:
         ``(samples, info)``: ``samples[i] = {key: (1, *spatial) tensor, "case_id": ...}``; ``info`` has
@@ -265,7 +270,14 @@ def load_triplet_set(
             else:
                 size = tuple(int(s) for s in (spatial_size or _DEFAULT_SIZE_2D))
                 samples = _preprocess(
-                    items, keys, label_key, size, spacing or _DEFAULT_SPACING, spec_map, load=True
+                    items,
+                    keys,
+                    label_key,
+                    size,
+                    spacing or _DEFAULT_SPACING,
+                    spec_map,
+                    load=True,
+                    foreground_values=foreground_values,
                 )
         elif path.suffix in (".pt", ".pth"):
             from monai_pairsynth.data.synthesis_pool import SynthesisPool
@@ -300,7 +312,14 @@ def load_triplet_set(
             else:
                 size = tuple(int(s) for s in (spatial_size or _DEFAULT_SIZE_2D))
                 samples = _preprocess(
-                    items, keys, label_key, size, spacing or _DEFAULT_SPACING, spec_map, load=True
+                    items,
+                    keys,
+                    label_key,
+                    size,
+                    spacing or _DEFAULT_SPACING,
+                    spec_map,
+                    load=True,
+                    foreground_values=foreground_values,
                 )
                 info["kind"] = "datalist"
         samples = [_plain_sample(s, keys, name, i) for i, s in enumerate(samples)]
@@ -553,6 +572,7 @@ def evaluate(
     spatial_size: Sequence[int] | None = None,
     spacing: float | None = None,
     real_preprocessed: bool = False,
+    foreground_values: Sequence[float] | None = (1, 2),
     feature_layers: Sequence[str] | None = None,
     feature_channels: Sequence[int] = (8, 16, 32, 64),
     feature_epochs: int = 20,
@@ -586,6 +606,8 @@ def evaluate(
         spatial_size, spacing: grid of phantom sets and of preprocessed real volumes; default: the synthetic
             set's grid when known, else ``(128, 128)`` at 2 mm.
         real_preprocessed: a real datalist JSON / HECKTOR folder holds final samples (no preprocessing).
+        foreground_values: label values of real volumes merged into the tumour (``(1, 2)``; ``(1,)`` keeps
+            the primary tumour only; ``None`` requires a binary label).
         feature_layers: layers pooled into features (default: the UNet encoder).
         feature_channels, feature_epochs, feature_batch_size: the feature segmenter trained when
             ``feature_network`` is None.
@@ -662,7 +684,17 @@ def evaluate(
         resolve_specs(syn_info["specs"]) if specs is None else resolve_specs({k: specs.get(k) for k in keys})
     )
     real_samples, real_info = load_triplet_set(
-        real, keys, label_key, "real set", num_real, real_seed, grid, mm, spec_map, real_preprocessed
+        real,
+        keys,
+        label_key,
+        "real set",
+        num_real,
+        real_seed,
+        grid,
+        mm,
+        spec_map,
+        real_preprocessed,
+        foreground_values=foreground_values,
     )
     if real_info["spatial_size"] != syn_info["spatial_size"]:
         raise ValueError(
@@ -682,6 +714,7 @@ def evaluate(
             mm,
             spec_map,
             real_preprocessed,
+            foreground_values=foreground_values,
         )
     if mm is None:
         mm = real_info["spacing"][0] if real_info.get("spacing") else None
@@ -935,6 +968,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--real-preprocessed", action="store_true", help="the real datalist holds final samples"
     )
+    parser.add_argument(
+        "--foreground-values",
+        nargs="+",
+        default=["1", "2"],
+        help="label values of real volumes that are tumour (1 2: HECKTOR GTVp + GTVn; 1: primary only; "
+        "none: the label must be binary)",
+    )
     parser.add_argument("--feature-epochs", type=int, default=20, help="epochs of the feature segmenter (20)")
     parser.add_argument(
         "--feature-channels", type=int, nargs="+", default=[8, 16, 32, 64], help="its UNet widths"
@@ -959,6 +999,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         spatial_size=args.spatial_size,
         spacing=args.spacing,
         real_preprocessed=args.real_preprocessed,
+        foreground_values=None
+        if [v.lower() for v in args.foreground_values] == ["none"]
+        else [float(v) for v in args.foreground_values],
         feature_epochs=args.feature_epochs,
         feature_channels=args.feature_channels,
         seed=args.seed,

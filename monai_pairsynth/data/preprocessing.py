@@ -44,6 +44,7 @@ from ..modalities import ModalitySpec, resolve_specs
 from .validation import (
     DatasetError,
     ValidateCased,
+    check_label_map,
     check_label_values,
     describe_key,
     log_empty_mask,
@@ -132,18 +133,21 @@ class CheckBinaryLabeld(MapTransform):
 
     Args:
         keys: mask keys.
-        foreground_values: label values that become 1; other listed-nowhere values are an error. None means
-            the mask must already be binary.
+        foreground_values: label values that become 1. Every other label value of a label map (a non-negative
+            integer: 0, 2, 3, ...) becomes 0; non-integer or negative values (an interpolated or corrupt
+            mask) are an error. None means the mask must already be binary {0, 1}.
         allow_missing_keys: don't raise if a key is missing.
 
     Raises:
-        DatasetError: values outside {0, 1} (or outside {0} ∪ ``foreground_values`` ∪ {1}), naming the file
-            or case and the values found.
+        DatasetError: with ``foreground_values=None``, values outside {0, 1}; otherwise values that are not
+            non-negative integers; naming the file or case and the values found.
 
     Example:
         >>> import torch
         >>> CheckBinaryLabeld("label", foreground_values=(1, 2))({"label": torch.tensor([[0.0, 2.0, 1.0]])})["label"]
         tensor([[0., 1., 1.]])
+        >>> CheckBinaryLabeld("label", foreground_values=(1,))({"label": torch.tensor([[0.0, 2.0, 1.0]])})["label"]
+        tensor([[0., 0., 1.]])
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -168,9 +172,10 @@ class CheckBinaryLabeld(MapTransform):
         for key in self.key_iterator(d):
             img = d[key]
             t = convert_to_tensor(img, track_meta=False)
-            allowed = {0.0, 1.0} | set(self.foreground_values or ())
-            check_label_values(t, allowed, describe_key(d, key))
-            if self.foreground_values is not None:
+            if self.foreground_values is None:
+                check_label_values(t, {0.0, 1.0}, describe_key(d, key))
+            else:
+                check_label_map(t, describe_key(d, key))
                 fg = torch.zeros_like(t, dtype=torch.bool)
                 for v in self.foreground_values:
                     fg |= t == v

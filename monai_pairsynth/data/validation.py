@@ -44,6 +44,7 @@ __all__ = [
     "check_dtype",
     "check_finite",
     "check_finite_features",
+    "check_label_map",
     "check_label_values",
     "check_pool_state",
     "check_ratio",
@@ -181,6 +182,23 @@ def check_label_values(value: Any, allowed: set[float], name: str) -> None:
         shown = ", ".join(f"{v:g}" for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
         allowed_text = "{" + ", ".join(f"{v:g}" for v in sorted(allowed)) + "}"
         raise DatasetError(f"{name} is not a binary mask: values {shown} outside {allowed_text}.")
+
+
+def check_label_map(value: Any, name: str) -> None:
+    """Raise :class:`DatasetError` if ``value`` holds anything but non-negative integers (a label map's values).
+
+    Example:
+        >>> check_label_map(torch.tensor([0.0, 1.0, 2.0]), "label (case A)")
+        >>> check_label_map(torch.tensor([0.0, 0.5, -1.0]), "label (case A)")
+        Traceback (most recent call last):
+        ...
+        monai_pairsynth.data.validation.DatasetError: label (case A) is not a label map: values -1, 0.5 are not non-negative integers.
+    """
+    t = convert_to_tensor(value, track_meta=False)
+    bad = [v for v in torch.unique(t).tolist() if not (v >= 0 and float(v).is_integer())]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise DatasetError(f"{name} is not a label map: values {shown} are not non-negative integers.")
 
 
 def log_empty_mask(name: str, min_voxels: int) -> None:
