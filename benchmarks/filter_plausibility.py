@@ -1,7 +1,7 @@
 """How many of the demo generator's candidates each plausibility rule of the quality filter rejects.
 
 The candidates are generated the way the bundle's ``generate.json`` makes its pool: a
-:class:`~monai_pairsynth.data.synthesis_pool.DiffusionPoolSource` on the demo checkpoint
+:class:`~monai_pairsynth.inferers.DiffusionPoolSource` on the demo checkpoint
 (``bundles/pet_ct_pairsynth/models/diffusion_demo.pt``), strided DDPM with ``--steps`` (100) steps, called in
 chunks of ``--batch-size`` (16) with a CPU generator seeded with ``--seed`` (as ``SynthesisPool`` seeds it), in
 physical units. The filter is fitted on ``--num-train`` real phantom triplets at the checkpoint's grid (64×64,
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from monai_pairsynth.bundle_support import check_generator_checkpoint, real_samples
-from monai_pairsynth.data.synthesis_pool import DiffusionPoolSource
+from monai_pairsynth.inferers import DiffusionPoolSource
 from monai_pairsynth.quality import FeatureCentroidFilter, train_feature_segmenter
 
 KEYS = ("ct", "pet", "label")

@@ -743,7 +743,7 @@ def build_synthesis_pool(
 ) -> Any:
     """Fill a :class:`~monai_pairsynth.data.synthesis_pool.SynthesisPool` of ``pool_size`` filtered triplets.
 
-    Triplets come from a :class:`~monai_pairsynth.data.synthesis_pool.DiffusionPoolSource` on the checkpoint and
+    Triplets come from a :class:`~monai_pairsynth.inferers.DiffusionPoolSource` on the checkpoint and
     pass ``quality_filter`` in ``filter_mode`` (:class:`FilterMode`). Under ``torch.distributed`` each rank
     generates its share (``pool_size / world_size``, with a rank-dependent seed), and the shards are gathered so
     that every rank returns the same full pool (rank order).
@@ -766,7 +766,8 @@ def build_synthesis_pool(
         the filled pool (physical units); ``pool.stats`` counts generated, accepted and rejected triplets (summed
         over ranks) and the generation time.
     """
-    from monai_pairsynth.data.synthesis_pool import DiffusionPoolSource, SynthesisPool
+    from monai_pairsynth.data.synthesis_pool import SynthesisPool
+    from monai_pairsynth.inferers.pool_source import DiffusionPoolSource
 
     mode = _filter_mode(filter_mode)
     if isinstance(pool_size, bool) or int(pool_size) < 1:
@@ -920,44 +921,7 @@ def export_pool_nifti(pool: Any, output_dir: str | os.PathLike, case_prefix: str
     Returns:
         the datalist path.
     """
-    import nibabel as nib
-    import numpy as np
-
-    from monai_pairsynth.generate import modality_file_names
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    entries = []
-    width = max(4, len(str(len(pool) - 1)))
-    for i in range(len(pool)):
-        case_id = f"{case_prefix}-{i:0{width}d}"
-        names = modality_file_names(case_id, pool.specs)
-        (out / case_id).mkdir(exist_ok=True)
-        triplet = pool.get(i, units="physical")
-        entry: dict[str, Any] = {"case_id": case_id, "synthetic": True}
-        for key in pool.keys:
-            arr = triplet[key].as_tensor().numpy()[0]
-            arr = arr.astype(np.uint8) if pool.specs[key].is_mask else arr.astype(np.float32)
-            img = nib.Nifti1Image(arr, np.asarray(triplet[key].affine, dtype=np.float64))
-            img.header.set_xyzt_units("mm")
-            target = out / case_id / names[key]
-            tmp = target.with_name(f".{target.name}")
-            nib.save(img, str(tmp))
-            os.replace(tmp, target)
-            entry[key] = f"{case_id}/{names[key]}"
-        entries.append(entry)
-    datalist = {
-        "description": "filtered synthetic triplets of a monai_pairsynth SynthesisPool",
-        "modalities": {k: s.to_dict() for k, s in pool.specs.items()},
-        "generation": {
-            "source": "SynthesisPool",
-            "spatial_size": list(pool.spatial_shape),
-            "spacing": list(pool.spacing),
-        },
-        "numTraining": len(entries),
-        "training": entries,
-    }
-    return atomic_write_json(out / "datalist.json", datalist)
+    return pool.export_nifti(output_dir, prefix=case_prefix, overwrite=True) / "datalist.json"
 
 
 def save_generation_outputs(

@@ -130,7 +130,7 @@ def test_pool_file_source(tmp_path, tiny_network):
 
 def test_generated_datalist_source(tmp_path, tiny_network):
     from monai_pairsynth.engines import save_paired_checkpoint
-    from monai_pairsynth.generate import generate
+    from monai_pairsynth.inferers.generate import generate
     from monai_pairsynth.networks import PairedDiffusionModel
 
     torch.manual_seed(0)

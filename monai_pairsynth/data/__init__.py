@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from monai_pairsynth._moved import moved_names
+
 from .hecktor import (
     HECKTOR_CENTRES,
     DatasetError,
@@ -12,6 +14,7 @@ from .hecktor import (
     write_phantom_hecktor,
 )
 from .mixed_dataset import MixedDataset
+from .nifti_io import NiftiTripletWriter, modality_file_names
 from .phantom import PhantomDataset, PhantomTissue, make_phantom_case, phantom_affine
 from .preprocessing import (
     CentreOfMassCrop,
@@ -27,7 +30,6 @@ from .preprocessing import (
     preprocessing_transforms,
 )
 from .synthesis_pool import (
-    DiffusionPoolSource,
     EmptyPoolError,
     PhantomPoolSource,
     PoolGenerationError,
@@ -47,11 +49,11 @@ __all__ = [
     "DatasetError",
     "DatasetErrorCompose",
     "DenormalizeModalitiesd",
-    "DiffusionPoolSource",
     "EmptyPoolError",
     "ExtractTumourSlicesd",
     "LoadCaseImaged",
     "MixedDataset",
+    "NiftiTripletWriter",
     "NormalizeModalitiesd",
     "PhantomDataset",
     "PhantomPoolSource",
@@ -66,6 +68,7 @@ __all__ = [
     "hecktor_datalist",
     "load_datalist_json",
     "make_phantom_case",
+    "modality_file_names",
     "patient_id_from_case",
     "phantom_affine",
     "preprocess_datalist",
@@ -73,3 +76,6 @@ __all__ = [
     "split_by_patient",
     "write_phantom_hecktor",
 ]
+
+# DiffusionPoolSource moved below the sampler it calls (data/ imports no sampler).
+__getattr__ = moved_names(__name__, {"DiffusionPoolSource": "monai_pairsynth.inferers.pool_source"})

@@ -27,8 +27,6 @@ import concurrent.futures
 import logging
 import math
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -41,14 +39,15 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
+from monai_pairsynth._moved import moved_names
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
-from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
 from monai_pairsynth.utils import atomic_save_torch, remove_stale_tmp_files
 
+from .nifti_io import NiftiTripletWriter, affine_from_spacing, case_ids
+from .phantom import DEFAULT_SIZE_2D, make_phantom_case
 from .validation import check_allocation, check_finite, check_pool_state, finite_rows
 
 __all__ = [
-    "DiffusionPoolSource",
     "EmptyPoolError",
     "PhantomPoolSource",
     "PoolGenerationError",
@@ -124,14 +123,6 @@ class PoolUpdate:
     @property
     def complete(self) -> bool:
         return self.accepted == self.requested
-
-
-def affine_from_spacing(spacing: Sequence[float], spatial_dims: int) -> torch.Tensor:
-    """A 4x4 (MONAI convention, also for 2D) diagonal affine with ``spacing`` on the first ``spatial_dims`` axes."""
-    affine = torch.eye(4, dtype=torch.float64)
-    for i in range(spatial_dims):
-        affine[i, i] = float(spacing[i])
-    return affine
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -788,59 +779,35 @@ class SynthesisPool:
         return pool
 
     # ------------------------------------------------------------------ NIfTI (the generate module's layout)
-    def export_nifti(self, output_dir: str | os.PathLike, prefix: str = "POOL") -> Path:
-        """Write every triplet as NIfTI in the layout of :mod:`monai_pairsynth.generate`, in physical units.
+    def export_nifti(self, output_dir: str | os.PathLike, prefix: str = "POOL", overwrite: bool = False) -> Path:
+        """Write every triplet as NIfTI in the layout of :mod:`monai_pairsynth.data.nifti_io`, in physical units.
 
         One folder per triplet (``<prefix>-0000/<prefix>-0000__CT.nii.gz``, ``..__PT.nii.gz``, the mask
         ``<prefix>-0000.nii.gz`` as uint8) and a ``datalist.json`` (paths relative to the folder, the modality
-        specs and the spacing) that MONAI's ``load_decathlon_datalist`` and :meth:`from_nifti` read. Written into
-        a temporary folder renamed into place at the end; an existing ``output_dir`` is an error.
+        specs and the spacing) that MONAI's ``load_decathlon_datalist`` and :meth:`from_nifti` read. Written by
+        :class:`~monai_pairsynth.data.nifti_io.NiftiTripletWriter`: a temporary folder renamed into place at the
+        end. An existing, non-empty ``output_dir`` is an error unless ``overwrite`` (then it is replaced once
+        the new folder is complete).
+
+        Returns:
+            ``output_dir`` as a ``Path``.
         """
-        import json
-
-        import nibabel as nib
-        import numpy as np
-
-        from monai_pairsynth.generate import modality_file_names
-
-        output_dir = Path(output_dir)
-        if output_dir.exists():
-            raise FileExistsError(f"{os.fspath(output_dir)!r} already exists; export into a new folder.")
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-        try:
-            entries = []
-            affine = self.affine.numpy()
-            for i in range(len(self)):
-                case_id = f"{prefix}-{i:04d}"
-                names = modality_file_names(case_id, self.specs)
-                (tmp / case_id).mkdir()
+        with NiftiTripletWriter(output_dir, self.specs, overwrite=overwrite) as writer:
+            for i, case_id in enumerate(case_ids(prefix, len(self))):
                 triplet = self.get(i, units=PoolStorage.PHYSICAL)
-                for k in self.keys:
-                    arr = triplet[k].as_tensor()[0].numpy()
-                    arr = arr.astype(np.uint8) if self.specs[k].is_mask else arr.astype(np.float32)
-                    img = nib.Nifti1Image(arr, affine)
-                    img.header.set_xyzt_units("mm")
-                    img.set_qform(affine, code=1)
-                    img.set_sform(affine, code=1)
-                    nib.save(img, str(tmp / case_id / names[k]))
-                entries.append(
-                    {**{k: f"{case_id}/{names[k]}" for k in self.keys}, "case_id": case_id, "synthetic": True}
-                )
-            datalist = {
-                "description": "synthetic triplets exported from a monai_pairsynth SynthesisPool",
-                "modalities": {k: s.to_dict() for k, s in self.specs.items()},
-                "generation": {"source": "SynthesisPool", "spatial_size": list(self.spatial_shape),
-                               "spacing": list(self.spacing)},
-                "numTraining": len(entries),
-                "training": entries,
-            }  # fmt: skip
-            (tmp / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n", encoding="utf-8")
-            os.replace(tmp, output_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return output_dir
+                writer.add(case_id, {k: triplet[k].as_tensor() for k in self.keys}, self.affine)
+            generation = {
+                "source": "SynthesisPool",
+                "spatial_size": list(self.spatial_shape),
+                "spacing": list(self.spacing),
+            }
+            writer.commit(
+                {
+                    "description": "synthetic triplets exported from a monai_pairsynth SynthesisPool",
+                    "generation": generation,
+                }
+            )
+        return writer.output_dir
 
     @classmethod
     def from_nifti(
@@ -961,8 +928,6 @@ class PhantomPoolSource:
         max_seed: int = 2**31 - 1,
         **case_kwargs: Any,
     ) -> None:
-        from monai_pairsynth.data.phantom import DEFAULT_SIZE_2D
-
         self.spatial_shape = tuple(DEFAULT_SIZE_2D if spatial_shape is None else spatial_shape)
         if len(self.spatial_shape) not in (2, 3):
             raise ValueError(f"spatial_shape must be (H, W) or (H, W, D), got {spatial_shape!r}.")
@@ -977,8 +942,6 @@ class PhantomPoolSource:
         self.case_kwargs = case_kwargs
 
     def __call__(self, num: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        from monai_pairsynth.data.phantom import make_phantom_case
-
         seeds = torch.randint(self.max_seed, (num,), generator=generator, device=generator.device).tolist()
         cases = [
             make_phantom_case(
@@ -993,128 +956,5 @@ class PhantomPoolSource:
         return {k: torch.stack([c[k].as_tensor() for c in cases]) for k in self.keys}
 
 
-class DiffusionPoolSource:
-    """A pool source that samples a trained linked diffusion model with :class:`PairedDiffusionInferer`.
-
-    Args:
-        inferer_or_checkpoint: a checkpoint path written by the training engine (``save_paired_checkpoint``) —
-            the network and the inferer are rebuilt with ``PairedDiffusionInferer.from_checkpoint`` — or a
-            ``PairedDiffusionInferer`` (then ``model`` is required).
-        model: the ``PairedDiffusionModel`` when an inferer is given.
-        num_inference_steps: denoising steps per triplet.
-        scheduler: ``"dpmpp"`` (DPM-Solver++ 2M, default), ``"ddim"`` or ``"ddpm"``.
-        batch_size: largest batch given to the network; a pool request is split into such chunks.
-        device: sampling device (the model is moved there on first use, not before); default: CUDA when
-            available, else CPU. The pool creates its generator on this device.
-        spatial_shape: spatial shape of the triplets; default: the inferer's (the training shape).
-        amp_dtype: ``"bf16"`` / ``"fp16"`` mixed precision on CUDA (see ``PairedDiffusionInferer.sample``).
-        use_ema: load EMA weights from the checkpoint when present.
-
-    Outputs are in physical units (HU, SUV, a binary mask), as a :class:`SynthesisPool` expects. The source
-    also generates a triplet seeded from a real one (:meth:`generate_seeded`), which
-    :class:`monai_pairsynth.transforms.SynthesizePairedd` uses in ``mode="seeded"``.
-
-    Example:
-        >>> import torch
-        >>> from monai_pairsynth.inferers.paired_diffusion_inferer import PairedDiffusionInferer
-        >>> from monai_pairsynth.networks import PairedDiffusionModel
-        >>> model = PairedDiffusionModel(("ct", "pet", "label"), channels=(8, 16),
-        ...                              attention_levels=(False, False), norm_num_groups=4)
-        >>> source = DiffusionPoolSource(PairedDiffusionInferer(spacing=2.0, spatial_shape=(16, 16)), model,
-        ...                              num_inference_steps=2, device="cpu")
-        >>> pool = SynthesisPool(2, source=source)
-        >>> pool.fill().accepted, pool.spatial_shape, pool.spacing
-        (2, (16, 16), (2.0, 2.0))
-    """
-
-    def __init__(
-        self,
-        inferer_or_checkpoint: Any,
-        model: torch.nn.Module | None = None,
-        num_inference_steps: int = DEFAULT_SAMPLER_STEPS,
-        scheduler: str = DEFAULT_SAMPLER,
-        batch_size: int = 16,
-        device: torch.device | str | None = None,
-        spatial_shape: Sequence[int] | None = None,
-        amp_dtype: torch.dtype | str | None = None,
-        use_ema: bool = True,
-    ) -> None:
-        from monai_pairsynth.inferers.paired_diffusion_inferer import PairedDiffusionInferer
-
-        if isinstance(inferer_or_checkpoint, (str, os.PathLike)):
-            if model is not None:
-                raise ValueError(
-                    "pass either a checkpoint (the model is read from it) or an inferer and a model."
-                )
-            if not os.path.isfile(inferer_or_checkpoint):
-                raise FileNotFoundError(f"no diffusion checkpoint at {os.fspath(inferer_or_checkpoint)!r}.")
-            inferer, model = PairedDiffusionInferer.from_checkpoint(
-                inferer_or_checkpoint, map_location="cpu", use_ema=use_ema
-            )
-        elif isinstance(inferer_or_checkpoint, PairedDiffusionInferer):
-            if model is None:
-                raise ValueError("an inferer was given without model=...; pass the PairedDiffusionModel too.")
-            inferer = inferer_or_checkpoint
-        else:
-            raise ValueError(
-                "inferer_or_checkpoint must be a checkpoint path or a PairedDiffusionInferer, "
-                f"got {type(inferer_or_checkpoint).__name__}."
-            )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        self.inferer = inferer
-        self.model = model
-        net = getattr(model, "module", model)
-        self.keys = tuple(getattr(net, "modalities", ()))
-        self.num_inference_steps = num_inference_steps
-        self.scheduler = scheduler
-        self.batch_size = batch_size
-        self.amp_dtype = amp_dtype
-        self.device = torch.device(
-            device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
-        shape = spatial_shape if spatial_shape is not None else inferer.spatial_shape
-        self.spatial_shape = None if shape is None else tuple(int(s) for s in shape)
-        self.spacing = inferer.spacing
-        self.specs = inferer.specs
-        self._on_device = False
-
-    def _model(self) -> torch.nn.Module:
-        if not self._on_device:
-            self.model.to(self.device)
-            self._on_device = True
-        return self.model
-
-    def _sample(self, num: int, generator: torch.Generator, **kwargs: Any) -> dict[str, torch.Tensor]:
-        out = self.inferer.sample(
-            self._model(),
-            num_samples=num,
-            spatial_shape=self.spatial_shape,
-            scheduler=self.scheduler,
-            num_inference_steps=self.num_inference_steps,
-            generator=generator,
-            batch_size=self.batch_size,
-            amp_dtype=self.amp_dtype,
-            decode=True,
-            device=self.device,
-            **kwargs,
-        )
-        return {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in out.items()}
-
-    def __call__(self, num: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """``num`` new triplets ``{key: (num, 1, *spatial_shape)}`` in physical units, on ``device``."""
-        return self._sample(num, generator)
-
-    def generate_seeded(
-        self, reference: Mapping[str, torch.Tensor], strength: float, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
-        """Triplets started from ``reference`` (physical units, ``(B, 1, *spatial)``) noised to ``strength``."""
-        first = next(iter(reference.values()))
-        return self._sample(
-            int(first.shape[0]),
-            generator,
-            seed_sample={k: v.to(self.device) for k, v in reference.items()},
-            strength=strength,
-        )
+# DiffusionPoolSource moved below the sampler it calls: monai_pairsynth.inferers.pool_source.
+__getattr__ = moved_names(__name__, {"DiffusionPoolSource": "monai_pairsynth.inferers.pool_source"})

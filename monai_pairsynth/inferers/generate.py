@@ -2,12 +2,12 @@
 
 Python::
 
-    from monai_pairsynth.generate import generate
+    from monai_pairsynth.inferers.generate import generate
     out = generate("runs/diffusion/checkpoint.pt", "synthetic/", num_samples=100)
 
 Command line::
 
-    python -m monai_pairsynth.generate --checkpoint runs/diffusion/checkpoint.pt --output-dir synthetic/ \\
+    python -m monai_pairsynth.inferers.generate --checkpoint runs/diffusion/checkpoint.pt --output-dir synthetic/ \\
         --num-samples 100 [--scheduler dpmpp] [--num-inference-steps 20] [--seed 0] [--batch-size 8] \\
         [--device cpu] [--strength 0.8 --seed-datalist data/datalist.json]
 
@@ -31,61 +31,31 @@ is renamed into place at the end, so an interrupted or failed run leaves no part
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.utils import ensure_tuple_rep
 from tqdm import tqdm
 
-from monai_pairsynth.inferers import PairedDiffusionInferer
+from monai_pairsynth.data import (
+    hecktor_datalist,
+    load_datalist_json,
+    preprocess_datalist,
+    preprocessing_transforms,
+)
+from monai_pairsynth.data.nifti_io import NiftiTripletWriter, case_ids, check_output_dir, modality_file_names
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
+from monai_pairsynth.visualize import save_triplet_grid
+
+from .paired_diffusion_inferer import PairedDiffusionInferer
 
 __all__ = ["generate", "main", "modality_file_names"]
-
-_SUFFIXES = {"ct": "CT", "pet": "PT"}
-
-
-def modality_file_names(case_id: str, specs: Mapping[str, ModalitySpec]) -> dict[str, str]:
-    """HECKTOR-style file names of one case: ``<case>__CT.nii.gz``, ``<case>__PT.nii.gz``, ``<case>.nii.gz``.
-
-    A single mask modality gets the bare case name (HECKTOR's label name); other modalities are
-    ``<case>__<KEY>.nii.gz``.
-
-    Example:
-        >>> from monai_pairsynth.modalities import DEFAULT_MODALITY_SPECS as S
-        >>> modality_file_names("SYNTH-0003", S)
-        {'ct': 'SYNTH-0003__CT.nii.gz', 'pet': 'SYNTH-0003__PT.nii.gz', 'label': 'SYNTH-0003.nii.gz'}
-    """
-    masks = [k for k, s in specs.items() if s.is_mask]
-    names = {}
-    for key, spec in specs.items():
-        if spec.is_mask and len(masks) == 1:
-            names[key] = f"{case_id}.nii.gz"
-        else:
-            names[key] = f"{case_id}__{_SUFFIXES.get(key, key.upper())}.nii.gz"
-    if len(set(names.values())) != len(names):
-        raise ValueError(f"modality keys {list(specs)} give clashing file names {list(names.values())}.")
-    return names
-
-
-def _write_nifti(x: torch.Tensor, affine: torch.Tensor, path: Path, is_mask: bool) -> None:
-    arr = x.detach().cpu().numpy()[0]  # (H, W[, D]): channel 0
-    arr = arr.astype(np.uint8) if is_mask else arr.astype(np.float32)
-    img = nib.Nifti1Image(arr, np.asarray(affine.detach().cpu(), dtype=np.float64))
-    img.header.set_xyzt_units("mm")
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
-    nib.save(img, str(path))
 
 
 def _seed_samples(
@@ -96,13 +66,6 @@ def _seed_samples(
     specs: Mapping[str, ModalitySpec],
 ) -> dict[str, torch.Tensor]:
     """Real samples to seed from, preprocessed like the training data: ``{modality: (N, 1, *spatial)}`` in [-1, 1]."""
-    from monai_pairsynth.data import (
-        hecktor_datalist,
-        load_datalist_json,
-        preprocess_datalist,
-        preprocessing_transforms,
-    )
-
     if isinstance(seed_datalist, (str, os.PathLike)):
         src = Path(seed_datalist)
         if src.is_dir():
@@ -218,14 +181,7 @@ def generate(
         raise ValueError(
             f"case_prefix must be a plain name without '/', '\\\\', '_' or a leading '.', got {case_prefix!r}."
         )
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"output_dir {str(output_dir)!r} exists and is not a folder.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"output_dir {str(output_dir)!r} already exists and is not empty; pass overwrite=True (--overwrite) to "
-            "replace it."
-        )
+    output_dir = check_output_dir(output_dir, overwrite)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {str(checkpoint)!r}.")
@@ -247,106 +203,67 @@ def generate(
     case_seeds = torch.randint(
         0, 2**62, (num_samples,), generator=torch.Generator().manual_seed(int(seed))
     ).tolist()
-    width = max(4, len(str(num_samples - 1)))
-    case_ids = [f"{case_prefix}-{i:0{width}d}" for i in range(num_samples)]
+    ids = case_ids(case_prefix, num_samples)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir.parent / f".{output_dir.name}.partial-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    try:
-        entries: list[dict[str, Any]] = []
-        preview: list[dict[str, Any]] = []
-        with tqdm(total=num_samples, disable=not progress, desc="generate", unit="case") as bar:
-            for start in range(0, num_samples, batch_size):
-                idx = list(range(start, min(start + batch_size, num_samples)))
-                seed_sample = None
-                if seeds_pool is not None:
-                    rows = torch.tensor([seed_order[i % len(seed_order)] for i in idx])
-                    seed_sample = {m: v[rows] for m, v in seeds_pool.items()}
-                out = inferer.sample(
-                    model,
-                    num_samples=len(idx),
-                    scheduler=scheduler,
-                    num_inference_steps=num_inference_steps,
-                    sample_seeds=[case_seeds[i] for i in idx],
-                    batch_size=batch_size,
-                    amp_dtype=amp_dtype,
-                    seed_sample=seed_sample,
-                    strength=strength,
-                    inputs_normalized=True,
-                    decode=True,
-                    device=device,
-                )
-                for j, i in enumerate(idx):
-                    case_id = case_ids[i]
-                    names = modality_file_names(case_id, specs)
-                    (tmp / case_id).mkdir()
-                    entry: dict[str, Any] = {}
-                    case: dict[str, Any] = {}
-                    for m in modalities:
-                        x, affine = out[m][j], out[m].affine[j]
-                        _write_nifti(x, affine, tmp / case_id / names[m], specs[m].is_mask)
-                        entry[m] = f"{case_id}/{names[m]}"
-                        case[m] = MetaTensor(x.as_tensor().cpu(), affine=affine.cpu())
-                    entry.update(case_id=case_id, sample_seed=int(case_seeds[i]), synthetic=True)
-                    entries.append(entry)
-                    if len(preview) < preview_cases:
-                        preview.append(case)
-                bar.update(len(idx))
-        datalist = {
-            "description": "synthetic triplets generated by monai_pairsynth",
-            "modalities": {m: specs[m].to_dict() for m in modalities},
-            "generation": {
-                "checkpoint": str(checkpoint.resolve()),
-                "scheduler": scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
-                "num_inference_steps": int(num_inference_steps),
-                "seed": int(seed),
-                "strength": float(strength),
-                "seeded_from": None
-                if seed_datalist is None or not isinstance(seed_datalist, (str, os.PathLike))
-                else str(Path(seed_datalist).resolve()),
-                "use_ema": bool(use_ema),
-                "spatial_size": list(inferer.spatial_shape),
-                "spacing": None
-                if inferer.spacing is None
-                else [float(v) for v in ensure_tuple_rep(inferer.spacing, model.spatial_dims)],
-            },
-            "numTraining": num_samples,
-            "training": entries,
+    writer = NiftiTripletWriter(output_dir, specs, overwrite=overwrite)
+    preview: list[dict[str, Any]] = []
+    with writer, tqdm(total=num_samples, disable=not progress, desc="generate", unit="case") as bar:
+        for start in range(0, num_samples, batch_size):
+            idx = list(range(start, min(start + batch_size, num_samples)))
+            seed_sample = None
+            if seeds_pool is not None:
+                rows = torch.tensor([seed_order[i % len(seed_order)] for i in idx])
+                seed_sample = {m: v[rows] for m, v in seeds_pool.items()}
+            out = inferer.sample(
+                model,
+                num_samples=len(idx),
+                scheduler=scheduler,
+                num_inference_steps=num_inference_steps,
+                sample_seeds=[case_seeds[i] for i in idx],
+                batch_size=batch_size,
+                amp_dtype=amp_dtype,
+                seed_sample=seed_sample,
+                strength=strength,
+                inputs_normalized=True,
+                decode=True,
+                device=device,
+            )
+            for j, i in enumerate(idx):
+                triplet = {m: out[m][j].as_tensor().cpu() for m in modalities}
+                affine = out[modalities[0]].affine[j].cpu()
+                writer.add(ids[i], triplet, affine, sample_seed=int(case_seeds[i]))
+                if len(preview) < preview_cases:
+                    preview.append(
+                        {m: MetaTensor(x, affine=out[m].affine[j].cpu()) for m, x in triplet.items()}
+                    )
+            bar.update(len(idx))
+        generation = {
+            "checkpoint": str(checkpoint.resolve()),
+            "scheduler": scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
+            "num_inference_steps": int(num_inference_steps),
+            "seed": int(seed),
+            "strength": float(strength),
+            "seeded_from": None
+            if seed_datalist is None or not isinstance(seed_datalist, (str, os.PathLike))
+            else str(Path(seed_datalist).resolve()),
+            "use_ema": bool(use_ema),
+            "spatial_size": list(inferer.spatial_shape),
+            "spacing": None
+            if inferer.spacing is None
+            else [float(v) for v in ensure_tuple_rep(inferer.spacing, model.spatial_dims)],
         }
-        (tmp / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n", encoding="utf-8")
+        files = {}
         if preview:
-            from monai_pairsynth.visualize import save_triplet_grid
-
-            save_triplet_grid(
+            files["preview.png"] = lambda path: save_triplet_grid(
                 preview,
-                tmp / "preview.png",
+                path,
                 keys=modalities,
                 specs=specs,
-                titles=case_ids[: len(preview)],
+                titles=ids[: len(preview)],
                 samples_per_row=min(4, len(preview)),
             )
-        _move_into_place(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output_dir
-
-
-def _move_into_place(tmp: Path, output_dir: Path) -> None:
-    """Rename the finished temporary folder onto ``output_dir``; an existing folder is removed only afterwards."""
-    old = None
-    if output_dir.exists():
-        old = output_dir.parent / f".{output_dir.name}.old-{uuid.uuid4().hex[:12]}"
-        os.replace(output_dir, old)
-    try:
-        os.replace(tmp, output_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        writer.commit({"generation": generation}, files=files)
+    return writer.output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -36,12 +36,17 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from tqdm import tqdm
 
+from monai_pairsynth.engines import load_paired_checkpoint, load_paired_weights
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+from monai_pairsynth.networks import PairedDiffusionModel
 from monai_pairsynth.schedulers import (
     DEFAULT_SAMPLER,
     DEFAULT_SAMPLER_STEPS,
+    DPMSolverMultistepScheduler,
     StridedDDIMScheduler,
     StridedDDPMScheduler,
+    make_scheduler,
+    num_steps_for_strength,
 )
 
 __all__ = ["AmpDtype", "PairedDiffusionInferer"]
@@ -191,9 +196,6 @@ class PairedDiffusionInferer(Inferer):
             FileNotFoundError: no file at ``checkpoint``.
             ValueError: not a checkpoint of this package, or its weights do not fit its model configuration.
         """
-        from monai_pairsynth.engines import load_paired_checkpoint, load_paired_weights
-        from monai_pairsynth.networks import PairedDiffusionModel
-
         if isinstance(checkpoint, Mapping):
             ckpt = dict(checkpoint)
             if "model_config" not in ckpt:
@@ -248,8 +250,6 @@ class PairedDiffusionInferer(Inferer):
     # ------------------------------------------------------------------ schedulers
     def _scheduler_prototype(self, scheduler: str | Scheduler) -> Scheduler:
         if isinstance(scheduler, str):
-            from monai_pairsynth.schedulers import make_scheduler
-
             return make_scheduler(
                 scheduler,
                 num_train_timesteps=self.num_train_timesteps,
@@ -730,8 +730,6 @@ def _set_timesteps(
     if (
         strength < 1.0
     ):  # a stateless scheduler of another library: keep the last `strength` fraction of the steps
-        from monai_pairsynth.schedulers import num_steps_for_strength
-
         keep = num_steps_for_strength(len(scheduler.timesteps), strength)
         scheduler.timesteps = scheduler.timesteps[len(scheduler.timesteps) - keep :]
 
@@ -742,8 +740,6 @@ def _has_deterministic_step(scheduler: Scheduler) -> bool:
     DDIM (called with ``eta = 0``) and DPM-Solver++ are deterministic; DDPM, and any scheduler this package
     does not know, are stepped sample by sample with each sample's own generator.
     """
-    from monai_pairsynth.schedulers import DPMSolverMultistepScheduler
-
     if isinstance(scheduler, DDPMScheduler):
         return False
     return isinstance(scheduler, (DDIMScheduler, DPMSolverMultistepScheduler))

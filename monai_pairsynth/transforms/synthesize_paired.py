@@ -119,7 +119,7 @@ class SynthesizePaired(RandomizableTransform):
         strength: ``mode="seeded"``: fraction of the diffusion schedule the reference is noised to, in (0, 1]
             (0.8-0.9 in the paper: layout kept, appearance re-synthesised).
         source: ``mode="seeded"``: an object with ``generate_seeded(reference, strength, generator)`` and a
-            ``device`` (e.g. :class:`monai_pairsynth.data.synthesis_pool.DiffusionPoolSource`); default
+            ``device`` (e.g. :class:`monai_pairsynth.inferers.DiffusionPoolSource`); default
             ``pool.source``.
         units: units of the returned triplet and of the reference: ``"physical"`` (HU, SUV, {0, 1}; default) or
             ``"normalized"`` (the modality specs' [-1, 1]).

@@ -10,11 +10,12 @@ import pytest
 import torch
 from monai.data import load_decathlon_datalist
 
-import monai_pairsynth.generate as generate_module
+import monai_pairsynth.data.nifti_io as nifti_io
+import monai_pairsynth.inferers.generate as generate_module
 from monai_pairsynth.data import load_datalist_json, make_phantom_case, write_phantom_hecktor
 from monai_pairsynth.engines import save_paired_checkpoint
-from monai_pairsynth.generate import generate, main
 from monai_pairsynth.inferers import PairedDiffusionInferer
+from monai_pairsynth.inferers.generate import generate, main
 from monai_pairsynth.modalities import DEFAULT_MODALITY_SPECS
 from monai_pairsynth.networks import PairedDiffusionModel
 
@@ -97,7 +98,7 @@ def test_generate_is_reproducible_and_independent_of_batch_size(tmp_path, checkp
 
 def test_interrupted_generation_leaves_nothing(tmp_path, checkpoint, monkeypatch):
     calls = {"n": 0}
-    real_write = generate_module._write_nifti
+    real_write = nifti_io.write_nifti
 
     def failing_write(*args, **kwargs):
         calls["n"] += 1
@@ -105,7 +106,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, checkpoint, monkeypatch
             raise KeyboardInterrupt
         real_write(*args, **kwargs)
 
-    monkeypatch.setattr(generate_module, "_write_nifti", failing_write)
+    monkeypatch.setattr(nifti_io, "write_nifti", failing_write)
     with pytest.raises(KeyboardInterrupt):
         generate(checkpoint, tmp_path / "out", 3, num_inference_steps=2, progress=False)
     assert calls["n"] == 5
@@ -120,7 +121,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, checkpoint, monkeypa
         generate(checkpoint, out, 1, num_inference_steps=2, progress=False)
     # a failing overwrite keeps the old output
     monkeypatch.setattr(
-        generate_module, "_write_nifti", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+        nifti_io, "write_nifti", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
     )
     with pytest.raises(OSError, match="disk full"):
         generate(checkpoint, out, 1, num_inference_steps=2, progress=False, overwrite=True)

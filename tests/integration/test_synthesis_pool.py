@@ -443,7 +443,7 @@ def test_nifti_export_and_import_roundtrip(tmp_path):
 
 def test_pool_from_the_generate_module_output(tmp_path):
     from monai_pairsynth.engines import save_paired_checkpoint
-    from monai_pairsynth.generate import generate
+    from monai_pairsynth.inferers.generate import generate
     from monai_pairsynth.networks import PairedDiffusionModel
 
     model = PairedDiffusionModel(KEYS, channels=(4, 8), attention_levels=(False, False), norm_num_groups=4)

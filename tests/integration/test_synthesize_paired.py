@@ -349,7 +349,7 @@ def test_pool_mode_in_monai_dataloader_workers():
 
 
 def test_diffusion_source_fills_a_pool_and_seeds_from_a_sample():
-    from monai_pairsynth.data.synthesis_pool import DiffusionPoolSource
+    from monai_pairsynth.inferers import DiffusionPoolSource
     from monai_pairsynth.inferers.paired_diffusion_inferer import PairedDiffusionInferer
     from monai_pairsynth.networks import PairedDiffusionModel
 
@@ -382,7 +382,7 @@ def test_diffusion_source_fills_a_pool_and_seeds_from_a_sample():
 
 
 def test_diffusion_source_from_a_training_checkpoint(tmp_path):
-    from monai_pairsynth.data.synthesis_pool import DiffusionPoolSource
+    from monai_pairsynth.inferers import DiffusionPoolSource
     from monai_pairsynth.engines import save_paired_checkpoint
     from monai_pairsynth.networks import PairedDiffusionModel
 
