@@ -38,10 +38,10 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose, ConcatItemsd, RandFlipd, ScaleIntensityRanged
 from monai.utils import set_determinism
 
-from monai_pairsynth.data.mixed_dataset import MixedDataset
 from monai_pairsynth.data.phantom import PhantomDataset
-from monai_pairsynth.data.synthesis_pool import PhantomPoolSource, SynthesisPool
 from monai_pairsynth.handlers import PoolRefreshHandler
+from monai_pairsynth.mixing.mixed_dataset import MixedDataset
+from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 
 
 def build_trainer(dataset, args, seed: int) -> SupervisedTrainer:

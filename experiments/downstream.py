@@ -211,7 +211,7 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings) -> dict[
 
 def make_pool(tensors: dict[str, Any]) -> Any:
     """A ``SynthesisPool`` holding exactly these triplets (physical units)."""
-    from monai_pairsynth.data.synthesis_pool import SynthesisPool
+    from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 
     n = int(next(iter(tensors.values())).shape[0])
     cursor = [0]
@@ -282,8 +282,8 @@ def _train(network: Any, dataset: Any, steps: int, settings: Settings, seed: int
     from monai.engines import SupervisedTrainer
     from monai.losses import DiceCELoss
 
-    from monai_pairsynth.data import MixedDataset
     from monai_pairsynth.handlers import MixedDatasetEpochHandler
+    from monai_pairsynth.mixing import MixedDataset
 
     loader = DataLoader(
         dataset,
@@ -332,7 +332,7 @@ def run_arm(root: Path, n_real: int, seed: int, arm: dict[str, Any], settings: S
     import torch
     from monai.utils import set_determinism
 
-    from monai_pairsynth.data import MixedDataset
+    from monai_pairsynth.mixing import MixedDataset
     from monai_pairsynth.utils import atomic_write_json
 
     _one_thread()

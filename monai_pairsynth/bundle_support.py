@@ -9,7 +9,7 @@ The bundle's configs stay ordinary MONAI configs; whatever is more than wiring l
 - **real data**: the patient-level split of a HECKTOR folder / datalist JSON (:func:`real_datalist`) and the
   preprocessed samples of one split, or disjoint phantom cases by default (:func:`real_samples`);
 - **generation**: the quality filter trained on the real training split (:func:`train_quality_filter`), a
-  :class:`~monai_pairsynth.data.synthesis_pool.SynthesisPool` filled through a ``DiffusionPoolSource`` and the
+  :class:`~monai_pairsynth.mixing.synthesis_pool.SynthesisPool` filled through a ``DiffusionPoolSource`` and the
   filter, sharded across ``torch.distributed`` ranks (:func:`build_synthesis_pool`), the mixing pool of a
   segmentation run (:func:`mixing_pool`) and the files ``generate.json`` writes (:func:`save_generation_outputs`);
 - **training**: a progress-bar handler (:class:`TrainingProgressBar`) and DDP helpers (:func:`is_main_process`,
@@ -316,7 +316,7 @@ def check_pool_file(
     Raises:
         BundleSettingError: missing/unreadable file, an empty pool, another spatial size or other keys.
     """
-    from monai_pairsynth.data.synthesis_pool import SynthesisPool
+    from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 
     if _is_unset(path):
         raise BundleSettingError("pool_file is not set.")
@@ -719,7 +719,7 @@ def merge_pool_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _pool_from_state(state: Mapping[str, Any]) -> Any:
-    from monai_pairsynth.data.synthesis_pool import SynthesisPool
+    from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pool.pt"
@@ -741,7 +741,7 @@ def build_synthesis_pool(
     keep_per_call: int = 64,
     progress: bool = True,
 ) -> Any:
-    """Fill a :class:`~monai_pairsynth.data.synthesis_pool.SynthesisPool` of ``pool_size`` filtered triplets.
+    """Fill a :class:`~monai_pairsynth.mixing.synthesis_pool.SynthesisPool` of ``pool_size`` filtered triplets.
 
     Triplets come from a :class:`~monai_pairsynth.inferers.DiffusionPoolSource` on the checkpoint and
     pass ``quality_filter`` in ``filter_mode`` (:class:`FilterMode`). Under ``torch.distributed`` each rank
@@ -766,8 +766,8 @@ def build_synthesis_pool(
         the filled pool (physical units); ``pool.stats`` counts generated, accepted and rejected triplets (summed
         over ranks) and the generation time.
     """
-    from monai_pairsynth.data.synthesis_pool import SynthesisPool
     from monai_pairsynth.inferers.pool_source import DiffusionPoolSource
+    from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 
     mode = _filter_mode(filter_mode)
     if isinstance(pool_size, bool) or int(pool_size) < 1:
@@ -874,7 +874,7 @@ def mixing_pool(
     ratio = check_synthetic_ratio(synthetic_ratio)
     if ratio == 0:
         return None
-    from monai_pairsynth.data.synthesis_pool import SynthesisPool
+    from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 
     if not _is_unset(pool_file):
         check_pool_file(pool_file, spatial_size=spatial_size, keys=keys)
@@ -1328,7 +1328,7 @@ def write_evaluation_report(
 
             results["pool"] = json.loads(counts_path.read_text(encoding="utf-8"))
         else:
-            from monai_pairsynth.data.synthesis_pool import SynthesisPool
+            from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 
             stats = SynthesisPool.load(str(pool_file)).stats
             results["pool"] = {

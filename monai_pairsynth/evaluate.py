@@ -280,7 +280,7 @@ def load_triplet_set(
                     foreground_values=foreground_values,
                 )
         elif path.suffix in (".pt", ".pth"):
-            from monai_pairsynth.data.synthesis_pool import SynthesisPool
+            from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 
             pool = SynthesisPool.load(path)
             missing = [k for k in keys if k not in pool.keys]

@@ -27,8 +27,8 @@ from monai_pairsynth.bundle_support import (
     write_evaluation_report,
 )
 from monai_pairsynth.data import write_phantom_hecktor
-from monai_pairsynth.data.synthesis_pool import PhantomPoolSource, SynthesisPool
 from monai_pairsynth.engines import export_sampling_checkpoint, load_paired_checkpoint, save_paired_checkpoint
+from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 from monai_pairsynth.networks import PairedDiffusionModel
 
 

@@ -1,4 +1,4 @@
-"""Data: the phantom benchmark, HECKTOR / datalist loading, preprocessing, the synthesis pool and mixing."""
+"""Data: the phantom benchmark, HECKTOR / datalist loading, preprocessing, NIfTI triplet files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from .hecktor import (
     split_by_patient,
     write_phantom_hecktor,
 )
-from .mixed_dataset import MixedDataset
 from .nifti_io import NiftiTripletWriter, modality_file_names
 from .phantom import PhantomDataset, PhantomTissue, make_phantom_case, phantom_affine
 from .preprocessing import (
@@ -29,15 +28,6 @@ from .preprocessing import (
     preprocess_datalist,
     preprocessing_transforms,
 )
-from .synthesis_pool import (
-    EmptyPoolError,
-    PhantomPoolSource,
-    PoolGenerationError,
-    PoolStorage,
-    PoolUpdate,
-    RefillOrder,
-    SynthesisPool,
-)
 from .validation import MAX_SYNTHETIC_RATIO, ValidateCased
 
 __all__ = [
@@ -49,20 +39,12 @@ __all__ = [
     "DatasetError",
     "DatasetErrorCompose",
     "DenormalizeModalitiesd",
-    "EmptyPoolError",
     "ExtractTumourSlicesd",
     "LoadCaseImaged",
-    "MixedDataset",
     "NiftiTripletWriter",
     "NormalizeModalitiesd",
     "PhantomDataset",
-    "PhantomPoolSource",
     "PhantomTissue",
-    "PoolGenerationError",
-    "PoolStorage",
-    "PoolUpdate",
-    "RefillOrder",
-    "SynthesisPool",
     "ValidateCased",
     "augmentation_transforms",
     "hecktor_datalist",
@@ -77,5 +59,24 @@ __all__ = [
     "write_phantom_hecktor",
 ]
 
-# DiffusionPoolSource moved below the sampler it calls (data/ imports no sampler).
-__getattr__ = moved_names(__name__, {"DiffusionPoolSource": "monai_pairsynth.inferers.pool_source"})
+# The pool and the mixing moved to monai_pairsynth.mixing (above the sampler), DiffusionPoolSource to
+# monai_pairsynth.inferers: data/ imports neither.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "DiffusionPoolSource": "monai_pairsynth.inferers.pool_source",
+        **{
+            name: "monai_pairsynth.mixing"
+            for name in (
+                "EmptyPoolError",
+                "MixedDataset",
+                "PhantomPoolSource",
+                "PoolGenerationError",
+                "PoolStorage",
+                "PoolUpdate",
+                "RefillOrder",
+                "SynthesisPool",
+            )
+        },
+    },
+)

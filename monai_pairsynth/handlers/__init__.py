@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .mixed_dataset_epoch_handler import MixedDatasetEpochHandler
-from .pool_refresh_handler import PoolRefreshHandler
+from monai_pairsynth.mixing.mixed_dataset_epoch_handler import MixedDatasetEpochHandler
+from monai_pairsynth.mixing.pool_refresh_handler import PoolRefreshHandler
 
 __all__ = ["MixedDatasetEpochHandler", "PoolRefreshHandler"]

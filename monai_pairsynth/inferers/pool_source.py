@@ -1,7 +1,7 @@
 """A pool source that samples a trained linked diffusion model: :class:`DiffusionPoolSource`.
 
 It lives with the sampler it calls (``inferers/``), below the pool that stores its output, so the pool itself
-(:mod:`monai_pairsynth.data.synthesis_pool`) imports no sampler.
+(:mod:`monai_pairsynth.mixing.synthesis_pool`) imports no sampler.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class DiffusionPoolSource:
 
     Example:
         >>> import torch
-        >>> from monai_pairsynth.data.synthesis_pool import SynthesisPool
+        >>> from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
         >>> from monai_pairsynth.inferers import PairedDiffusionInferer
         >>> from monai_pairsynth.networks import PairedDiffusionModel
         >>> model = PairedDiffusionModel(("ct", "pet", "label"), channels=(8, 16),

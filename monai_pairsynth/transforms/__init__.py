@@ -1,8 +1,8 @@
-"""MONAI transforms that bring synthetic triplets into a segmentation pipeline."""
+"""MONAI transforms that bring synthetic triplets into a segmentation pipeline (defined in :mod:`monai_pairsynth.mixing`)."""
 
 from __future__ import annotations
 
-from .synthesize_paired import (
+from monai_pairsynth.mixing.synthesize_paired import (
     SynthesisFallback,
     SynthesisMode,
     SynthesizePaired,

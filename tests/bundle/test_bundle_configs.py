@@ -12,8 +12,8 @@ from bundle_helpers import SIZE, grid_overrides, run_workflow
 from monai.networks.nets import UNet
 
 from monai_pairsynth.data import write_phantom_hecktor
-from monai_pairsynth.data.mixed_dataset import MixedDataset
-from monai_pairsynth.data.synthesis_pool import SynthesisPool
+from monai_pairsynth.mixing.mixed_dataset import MixedDataset
+from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 from monai_pairsynth.quality import FeatureCentroidFilter, load_feature_segmenter
 
 SEG_NET = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), "num_res_units": 2, "norm": "batch"}

@@ -63,7 +63,7 @@ def test_transform_alternative_replaces_a_third_of_the_samples():
     from monai.transforms import Compose, ConcatItemsd, RandFlipd, ScaleIntensityRanged
 
     from monai_pairsynth.data.phantom import PhantomDataset
-    from monai_pairsynth.data.synthesis_pool import PhantomPoolSource, SynthesisPool
+    from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 
     size, spacing = (32, 32), 8.0
     pool = SynthesisPool(

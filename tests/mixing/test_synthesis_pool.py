@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from monai_pairsynth.data.phantom import make_phantom_case
-from monai_pairsynth.data.synthesis_pool import (
+from monai_pairsynth.mixing.synthesis_pool import (
     EmptyPoolError,
     PhantomPoolSource,
     PoolGenerationError,
@@ -187,7 +187,7 @@ def test_nan_source_is_counted_and_the_pool_is_unchanged(caplog):
     before = _snapshot(pool)
     pool.source = NaNSource()
     pool.max_attempts = 3
-    with caplog.at_level(logging.WARNING, logger="monai_pairsynth.data.synthesis_pool"):
+    with caplog.at_level(logging.WARNING, logger="monai_pairsynth.mixing.synthesis_pool"):
         update = pool.refill(0.5)
     assert (update.accepted, update.attempts, update.rejected) == (0, 3, {"non_finite": update.generated})
     assert update.generated >= 6 and not update.complete and update.slots == []

@@ -7,9 +7,9 @@ import torch
 from monai.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from monai_pairsynth.data.mixed_dataset import MixedDataset
 from monai_pairsynth.data.phantom import PhantomDataset
-from monai_pairsynth.data.synthesis_pool import PhantomPoolSource, SynthesisPool
+from monai_pairsynth.mixing.mixed_dataset import MixedDataset
+from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 
 SHAPE = (16, 16)
 KEYS = ("ct", "pet", "label")

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
 
-from monai_pairsynth.data.synthesis_pool import EmptyPoolError, PoolGenerationError, SynthesisPool
+from monai_pairsynth.mixing.synthesis_pool import EmptyPoolError, PoolGenerationError, SynthesisPool
 from monai_pairsynth.transforms import (
     SynthesizePaired,
     SynthesizePairedD,
@@ -193,7 +193,7 @@ def test_empty_pool_falls_back_to_real_counted_and_logged(caplog):
     empty = SynthesisPool(4, spatial_shape=SHAPE, source=_source)
     t = SynthesizePairedd(KEYS, empty, prob=1.0).set_random_state(seed=0)
     sample = real_sample("meta")
-    with caplog.at_level(logging.WARNING, logger="monai_pairsynth.transforms.synthesize_paired"):
+    with caplog.at_level(logging.WARNING, logger="monai_pairsynth.mixing.synthesize_paired"):
         outs = [t(sample) for _ in range(3)]
     assert [o["synthetic"] for o in outs] == [False] * 3
     assert all(o[k] is sample[k] for o in outs for k in KEYS)
@@ -382,8 +382,8 @@ def test_diffusion_source_fills_a_pool_and_seeds_from_a_sample():
 
 
 def test_diffusion_source_from_a_training_checkpoint(tmp_path):
-    from monai_pairsynth.inferers import DiffusionPoolSource
     from monai_pairsynth.engines import save_paired_checkpoint
+    from monai_pairsynth.inferers import DiffusionPoolSource
     from monai_pairsynth.networks import PairedDiffusionModel
 
     model = PairedDiffusionModel(KEYS, channels=(4, 8), attention_levels=(False, False), norm_num_groups=4)

@@ -22,8 +22,9 @@ from monai.data import MetaTensor
 from monai.transforms import apply_transform
 from torch.utils.data import Dataset
 
+from monai_pairsynth.data.validation import check_dtype, check_finite, check_ratio
+
 from .synthesis_pool import EmptyPoolError, SynthesisPool
-from .validation import check_dtype, check_finite, check_ratio
 
 __all__ = ["MixedDataset"]
 
@@ -65,7 +66,7 @@ class MixedDataset(Dataset):
 
     Example:
         >>> import torch
-        >>> from monai_pairsynth.data.synthesis_pool import SynthesisPool
+        >>> from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
         >>> def source(num, generator):
         ...     pet = torch.rand(num, 1, 8, 8, generator=generator) * 15
         ...     return {"ct": pet * 10 - 50, "pet": pet, "label": (pet > 10).float()}

@@ -6,7 +6,7 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from monai_pairsynth.data.mixed_dataset import MixedDataset
+from .mixed_dataset import MixedDataset
 
 __all__ = ["MixedDatasetEpochHandler"]
 
@@ -30,7 +30,7 @@ class MixedDatasetEpochHandler:
     Example:
         >>> import torch
         >>> from ignite.engine import Engine
-        >>> from monai_pairsynth.data.mixed_dataset import MixedDataset
+        >>> from .mixed_dataset import MixedDataset
         >>> ds = MixedDataset([{"x": torch.zeros(1)}] * 2, None, ratio=0.0)
         >>> engine = Engine(lambda engine, batch: None)
         >>> MixedDatasetEpochHandler(ds).attach(engine)

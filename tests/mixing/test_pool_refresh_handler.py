@@ -12,10 +12,10 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from monai.transforms import Compose, ConcatItemsd, ScaleIntensityRanged
 
-from monai_pairsynth.data.mixed_dataset import MixedDataset
 from monai_pairsynth.data.phantom import PhantomDataset
-from monai_pairsynth.data.synthesis_pool import PhantomPoolSource, SynthesisPool
 from monai_pairsynth.handlers import MixedDatasetEpochHandler, PoolRefreshHandler
+from monai_pairsynth.mixing.mixed_dataset import MixedDataset
+from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 from monai_pairsynth.quality import FeatureCentroidFilter, build_feature_segmenter
 
 SHAPE = (16, 16)
@@ -81,7 +81,7 @@ def test_refresh_during_training_counts_the_synthetic_share_and_replaces_the_old
     trainer, dataset = make_trainer(pool)
     handler = PoolRefreshHandler(pool, every_n_epochs=1, fraction=0.25, dataset=dataset)
     handler.attach(trainer)
-    with caplog.at_level(logging.INFO, logger="monai_pairsynth.handlers.pool_refresh_handler"):
+    with caplog.at_level(logging.INFO, logger="monai_pairsynth.mixing.pool_refresh_handler"):
         trainer.run()
     assert [r["epoch"] for r in handler.history] == [1, 2]
     for record in handler.history:
@@ -124,7 +124,7 @@ def test_generator_failures_are_caught_counted_and_training_continues(source, re
     trainer, dataset = make_trainer(pool)
     handler = PoolRefreshHandler(pool, fraction=0.5, dataset=dataset)
     handler.attach(trainer)
-    with caplog.at_level(logging.ERROR, logger="monai_pairsynth.handlers.pool_refresh_handler"):
+    with caplog.at_level(logging.ERROR, logger="monai_pairsynth.mixing.pool_refresh_handler"):
         trainer.run()
     assert trainer.state.epoch == 2  # training was not interrupted
     assert [r["failure"] for r in handler.history] == [reason, reason]

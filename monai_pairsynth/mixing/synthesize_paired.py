@@ -17,7 +17,7 @@ after a normalisation to the package's diffusion range (``NormalizeModalitiesd``
 Mixing ratio: with ``prob = p`` a share ``p`` of the samples seen is synthetic and the epoch length does not
 change (real samples are *replaced*). The augmentation ratio of the literature, ``r = N_synthetic / N_real``,
 corresponds to ``p = r / (1 + r)`` (``r = 0.5`` -> ``p = 1/3``); to *add* ``rN`` synthetic samples instead, use
-:class:`monai_pairsynth.data.mixed_dataset.MixedDataset`.
+:class:`monai_pairsynth.mixing.mixed_dataset.MixedDataset`.
 """
 
 from __future__ import annotations
@@ -37,14 +37,15 @@ from monai.data import MetaTensor
 from monai.transforms.transform import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends
 
-from monai_pairsynth.data.synthesis_pool import (
+from monai_pairsynth.modalities import ModalitySpec
+
+from .synthesis_pool import (
     EmptyPoolError,
     PoolGenerationError,
     PoolStorage,
     SynthesisPool,
     _is_out_of_memory,
 )
-from monai_pairsynth.modalities import ModalitySpec
 
 __all__ = [
     "SynthesisFallback",
@@ -132,7 +133,7 @@ class SynthesizePaired(RandomizableTransform):
 
     Example:
         >>> import torch
-        >>> from monai_pairsynth.data.synthesis_pool import SynthesisPool
+        >>> from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
         >>> def source(num, generator):
         ...     pet = torch.rand(num, 1, 8, 8, generator=generator) * 15
         ...     return {"ct": pet * 10 - 50, "pet": pet, "label": (pet > 10).float()}
@@ -328,7 +329,7 @@ class SynthesizePairedd(RandomizableTransform, MapTransform):
 
     Example:
         >>> import torch
-        >>> from monai_pairsynth.data.synthesis_pool import SynthesisPool
+        >>> from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
         >>> def source(num, generator):
         ...     pet = torch.rand(num, 1, 8, 8, generator=generator) * 15
         ...     return {"ct": pet * 10 - 50, "pet": pet, "label": (pet > 10).float()}

@@ -39,13 +39,11 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
-from monai_pairsynth._moved import moved_names
+from monai_pairsynth.data.nifti_io import NiftiTripletWriter, affine_from_spacing, case_ids
+from monai_pairsynth.data.phantom import DEFAULT_SIZE_2D, make_phantom_case
+from monai_pairsynth.data.validation import check_allocation, check_finite, check_pool_state, finite_rows
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 from monai_pairsynth.utils import atomic_save_torch, remove_stale_tmp_files
-
-from .nifti_io import NiftiTripletWriter, affine_from_spacing, case_ids
-from .phantom import DEFAULT_SIZE_2D, make_phantom_case
-from .validation import check_allocation, check_finite, check_pool_state, finite_rows
 
 __all__ = [
     "EmptyPoolError",
@@ -779,7 +777,9 @@ class SynthesisPool:
         return pool
 
     # ------------------------------------------------------------------ NIfTI (the generate module's layout)
-    def export_nifti(self, output_dir: str | os.PathLike, prefix: str = "POOL", overwrite: bool = False) -> Path:
+    def export_nifti(
+        self, output_dir: str | os.PathLike, prefix: str = "POOL", overwrite: bool = False
+    ) -> Path:
         """Write every triplet as NIfTI in the layout of :mod:`monai_pairsynth.data.nifti_io`, in physical units.
 
         One folder per triplet (``<prefix>-0000/<prefix>-0000__CT.nii.gz``, ``..__PT.nii.gz``, the mask
@@ -954,7 +954,3 @@ class PhantomPoolSource:
             for s in seeds
         ]
         return {k: torch.stack([c[k].as_tensor() for c in cases]) for k in self.keys}
-
-
-# DiffusionPoolSource moved below the sampler it calls: monai_pairsynth.inferers.pool_source.
-__getattr__ = moved_names(__name__, {"DiffusionPoolSource": "monai_pairsynth.inferers.pool_source"})

@@ -12,9 +12,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from monai_pairsynth.data.synthesis_pool import PoolGenerationError, PoolUpdate, RefillOrder, SynthesisPool
-
 from .mixed_dataset_epoch_handler import MixedDatasetEpochHandler
+from .synthesis_pool import PoolGenerationError, PoolUpdate, RefillOrder, SynthesisPool
 
 __all__ = ["PoolRefreshHandler"]
 
@@ -67,7 +66,7 @@ class PoolRefreshHandler:
     Example:
         >>> import torch
         >>> from ignite.engine import Engine
-        >>> from monai_pairsynth.data.synthesis_pool import SynthesisPool
+        >>> from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
         >>> def source(num, generator):
         ...     pet = torch.rand(num, 1, 8, 8, generator=generator) * 15
         ...     return {"ct": pet * 10 - 50, "pet": pet, "label": (pet > 10).float()}
