@@ -1,0 +1,12 @@
+"""Deprecated location of :mod:`monai_pairsynth.mixing.pool_refresh_handler` (issue 16's package layout); old imports keep working."""
+
+from __future__ import annotations
+
+from monai_pairsynth._moved import moved_names
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "PoolRefreshHandler": "monai_pairsynth.mixing.pool_refresh_handler",
+    },
+)

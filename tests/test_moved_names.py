@@ -1,0 +1,76 @@
+"""Every public name that issue 16's package layout moved still imports from its old path, with a warning."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+from monai_pairsynth._moved import MovedNameWarning
+
+# (old module, name, new module)
+MOVED = [
+    ("monai_pairsynth.generate", "generate", "monai_pairsynth.inferers.generate"),
+    ("monai_pairsynth.generate", "main", "monai_pairsynth.inferers.generate"),
+    ("monai_pairsynth.generate", "modality_file_names", "monai_pairsynth.data.nifti_io"),
+    ("monai_pairsynth.data", "DiffusionPoolSource", "monai_pairsynth.inferers.pool_source"),
+    ("monai_pairsynth.data", "SynthesisPool", "monai_pairsynth.mixing"),
+    ("monai_pairsynth.data", "MixedDataset", "monai_pairsynth.mixing"),
+    ("monai_pairsynth.data", "PhantomPoolSource", "monai_pairsynth.mixing"),
+    ("monai_pairsynth.data.synthesis_pool", "SynthesisPool", "monai_pairsynth.mixing.synthesis_pool"),
+    ("monai_pairsynth.data.synthesis_pool", "DiffusionPoolSource", "monai_pairsynth.inferers.pool_source"),
+    ("monai_pairsynth.data.synthesis_pool", "PoolStorage", "monai_pairsynth.mixing.synthesis_pool"),
+    ("monai_pairsynth.data.mixed_dataset", "MixedDataset", "monai_pairsynth.mixing.mixed_dataset"),
+    ("monai_pairsynth.transforms.synthesize_paired", "SynthesizePairedd", "monai_pairsynth.mixing"),
+    ("monai_pairsynth.handlers.pool_refresh_handler", "PoolRefreshHandler", "monai_pairsynth.mixing"),
+    (
+        "monai_pairsynth.handlers.mixed_dataset_epoch_handler",
+        "MixedDatasetEpochHandler",
+        "monai_pairsynth.mixing",
+    ),
+]
+
+
+@pytest.mark.parametrize(("old", "name", "new"), MOVED)
+def test_old_path_warns_and_gives_the_same_object(old, name, new):
+    module = importlib.import_module(old)
+    expected = getattr(importlib.import_module(new), name)  # imported first: only the alias warns below
+    with pytest.warns(MovedNameWarning, match=rf"{old}\.{name} moved to"):
+        obj = getattr(module, name)
+    assert obj is expected
+
+
+def test_from_import_of_an_old_path_works():
+    from monai_pairsynth.mixing import SynthesisPool as new
+
+    with pytest.warns(MovedNameWarning):
+        from monai_pairsynth.data.synthesis_pool import SynthesisPool
+    assert SynthesisPool is new
+
+
+def test_unknown_name_is_an_attribute_error():
+    module = importlib.import_module("monai_pairsynth.data")
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
+        module.NoSuchThing  # noqa: B018
+
+
+def test_the_data_package_imports_neither_the_sampler_nor_the_mixing():
+    code = (
+        "import sys, monai_pairsynth.data; "
+        "print([m for m in ('monai_pairsynth.inferers', 'monai_pairsynth.mixing', 'monai_pairsynth.engines') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_old_generate_cli_still_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "monai_pairsynth.generate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--checkpoint" in out.stdout
