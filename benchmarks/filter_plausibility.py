@@ -37,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-from monai_pairsynth.bundle_support import check_generator_checkpoint, real_samples
+from monai_pairsynth.bundle_checks import check_generator_checkpoint
+from monai_pairsynth.data.sources import real_samples
 from monai_pairsynth.inferers import DiffusionPoolSource
 from monai_pairsynth.quality import FeatureCentroidFilter, train_feature_segmenter
 

@@ -147,8 +147,8 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings) -> dict[
     """Sample 4P candidates from the arm's generator, fit the filter on the arm's real cases, keep P."""
     import torch
 
-    from monai_pairsynth.bundle_support import train_quality_filter
     from monai_pairsynth.inferers import PairedDiffusionInferer
+    from monai_pairsynth.mixing.pool_builder import train_quality_filter
     from monai_pairsynth.utils import atomic_save_torch
 
     _one_thread()

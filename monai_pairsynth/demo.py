@@ -251,7 +251,8 @@ def run_demo(
         FileNotFoundError: no bundle folder or no diffusion checkpoint (the message says how to make one).
         RuntimeError: a bundle step failed (the message names its log file and shows its last lines).
     """
-    from monai_pairsynth.bundle_support import check_generator_checkpoint, format_results_table
+    from monai_pairsynth.bundle_checks import check_generator_checkpoint
+    from monai_pairsynth.metrics.report import format_results_table
 
     start = time.perf_counter()
     bundle = Path(bundle_dir) if bundle_dir is not None else _BUNDLE

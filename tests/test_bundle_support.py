@@ -5,29 +5,28 @@ import json
 import pytest
 import torch
 
-from monai_pairsynth.bundle_support import (
+from monai_pairsynth.bundle_checks import (
     BundleSettingError,
-    TrainingProgressBar,
-    build_synthesis_pool,
     check_dataset_dir,
     check_files_exist,
     check_generator_checkpoint,
     check_mixing_settings,
     check_pool_file,
     check_synthetic_ratio,
-    distributed_trainer,
-    format_results_table,
-    is_main_process,
-    merge_pool_states,
-    mixing_pool,
-    real_datalist,
-    real_samples,
-    segmentation_test_dice,
-    train_quality_filter,
-    write_evaluation_report,
 )
 from monai_pairsynth.data import write_phantom_hecktor
+from monai_pairsynth.data.sources import real_datalist, real_samples
+from monai_pairsynth.distributed import distributed_trainer, is_main_process
 from monai_pairsynth.engines import export_sampling_checkpoint, load_paired_checkpoint, save_paired_checkpoint
+from monai_pairsynth.handlers import TrainingProgressBar
+from monai_pairsynth.metrics.report import format_results_table, write_evaluation_report
+from monai_pairsynth.metrics.segmentation_dice import segmentation_test_dice
+from monai_pairsynth.mixing.pool_builder import (
+    build_synthesis_pool,
+    merge_pool_states,
+    mixing_pool,
+    train_quality_filter,
+)
 from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 from monai_pairsynth.networks import PairedDiffusionModel
 

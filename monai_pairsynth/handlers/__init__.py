@@ -1,8 +1,11 @@
-"""ignite handlers that bring a synthesis pool into a MONAI training loop."""
+"""ignite handlers: the pool refresh and mixed-dataset epoch handlers (defined in :mod:`monai_pairsynth.mixing`)
+and a training progress bar."""
 
 from __future__ import annotations
 
 from monai_pairsynth.mixing.mixed_dataset_epoch_handler import MixedDatasetEpochHandler
 from monai_pairsynth.mixing.pool_refresh_handler import PoolRefreshHandler
 
-__all__ = ["MixedDatasetEpochHandler", "PoolRefreshHandler"]
+from .training_progress_bar import TrainingProgressBar
+
+__all__ = ["MixedDatasetEpochHandler", "PoolRefreshHandler", "TrainingProgressBar"]

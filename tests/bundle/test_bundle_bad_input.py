@@ -10,7 +10,7 @@ import sys
 import pytest
 from bundle_helpers import BUNDLE, grid_overrides, make_workflow
 
-from monai_pairsynth.bundle_support import BundleSettingError
+from monai_pairsynth.bundle_checks import BundleSettingError
 
 
 def _setting_error(err: BaseException) -> BundleSettingError | None:
@@ -102,7 +102,7 @@ def test_command_line_prints_one_clear_line(tmp_path):
 
 
 def test_other_errors_keep_their_traceback(capsys):
-    from monai_pairsynth.bundle_support import install_one_line_errors
+    from monai_pairsynth.bundle_checks import install_one_line_errors
 
     install_one_line_errors()
     try:

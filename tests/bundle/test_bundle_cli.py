@@ -11,7 +11,7 @@ import pytest
 import torch
 from bundle_helpers import BUNDLE, SIZE, SPACING, grid_overrides, run_workflow
 
-from monai_pairsynth.bundle_support import check_generator_checkpoint
+from monai_pairsynth.bundle_checks import check_generator_checkpoint
 from monai_pairsynth.demo import main as demo_main
 from monai_pairsynth.demo import run_demo
 from monai_pairsynth.mixing.synthesis_pool import SynthesisPool

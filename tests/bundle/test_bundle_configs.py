@@ -156,7 +156,7 @@ def hecktor_dir(tmp_path_factory):
 
 
 def test_configs_on_a_hecktor_folder(tmp_path, hecktor_dir, tiny_checkpoint):
-    from monai_pairsynth.bundle_support import real_datalist
+    from monai_pairsynth.data.sources import real_datalist
 
     workflow = run_workflow(
         "train_segmentation.json",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from bundle_helpers import grid_overrides, make_workflow, run_workflow
 
-from monai_pairsynth.bundle_support import BundleSettingError, check_mixing_settings, check_pool_file
+from monai_pairsynth.bundle_checks import BundleSettingError, check_mixing_settings, check_pool_file
 from monai_pairsynth.data import write_phantom_hecktor
 from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 
