@@ -30,7 +30,38 @@ MOVED = [
         "MixedDatasetEpochHandler",
         "monai_pairsynth.mixing",
     ),
+    ("monai_pairsynth.evaluate", "evaluate", "monai_pairsynth.metrics.evaluation"),
+    ("monai_pairsynth.evaluate", "load_triplet_set", "monai_pairsynth.metrics.evaluation"),
+    ("monai_pairsynth.evaluate", "main", "monai_pairsynth.metrics.evaluation"),
+    ("monai_pairsynth.evaluate", "metrics_markdown", "monai_pairsynth.metrics.report"),
+    ("monai_pairsynth.bundle_support", "install_one_line_errors", "monai_pairsynth.bundle_checks"),
+    ("monai_pairsynth.bundle_support", "BundleSettingError", "monai_pairsynth.data.sources"),
+    ("monai_pairsynth.bundle_support", "check_pool_file", "monai_pairsynth.mixing.pool_checks"),
+    ("monai_pairsynth.bundle_support", "real_samples", "monai_pairsynth.data.sources"),
+    ("monai_pairsynth.bundle_support", "build_synthesis_pool", "monai_pairsynth.mixing.pool_builder"),
+    ("monai_pairsynth.bundle_support", "TrainingProgressBar", "monai_pairsynth.handlers"),
+    ("monai_pairsynth.bundle_support", "distributed_trainer", "monai_pairsynth.distributed"),
+    ("monai_pairsynth.bundle_support", "segmentation_test_dice", "monai_pairsynth.metrics.segmentation_dice"),
+    ("monai_pairsynth.bundle_support", "write_evaluation_report", "monai_pairsynth.metrics.report"),
 ]
+
+# every name the bundle_support module exported before issue 16
+BUNDLE_SUPPORT_NAMES = [
+    "PHANTOM_SPLIT_SEED_OFFSETS", "BundleSettingError", "FilterMode", "TrainingProgressBar", "build_synthesis_pool",
+    "check_dataset_dir", "check_files_exist", "check_generator_checkpoint", "check_mixing_settings",
+    "check_pool_file", "check_synthetic_ratio", "distributed_trainer", "export_pool_nifti", "format_results_table",
+    "install_one_line_errors", "is_main_process", "merge_pool_states", "mixing_pool", "real_datalist",
+    "real_samples", "save_generation_outputs", "segmentation_test_dice", "train_quality_filter",
+    "write_evaluation_report",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BUNDLE_SUPPORT_NAMES)
+def test_every_old_bundle_support_name_resolves(name):
+    import monai_pairsynth.bundle_support as old
+
+    with pytest.warns(MovedNameWarning):
+        assert getattr(old, name) is not None
 
 
 @pytest.mark.parametrize(("old", "name", "new"), MOVED)

@@ -43,12 +43,11 @@ from monai.utils import ensure_tuple_rep
 from tqdm import tqdm
 
 from monai_pairsynth.data import (
-    hecktor_datalist,
-    load_datalist_json,
     preprocess_datalist,
     preprocessing_transforms,
 )
 from monai_pairsynth.data.nifti_io import NiftiTripletWriter, case_ids, check_output_dir, modality_file_names
+from monai_pairsynth.data.sources import resolve_datalist
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
 from monai_pairsynth.visualize import save_triplet_grid
@@ -66,18 +65,12 @@ def _seed_samples(
     specs: Mapping[str, ModalitySpec],
 ) -> dict[str, torch.Tensor]:
     """Real samples to seed from, preprocessed like the training data: ``{modality: (N, 1, *spatial)}`` in [-1, 1]."""
-    if isinstance(seed_datalist, (str, os.PathLike)):
-        src = Path(seed_datalist)
-        if src.is_dir():
-            items: list[Mapping[str, Any]] = hecktor_datalist(src)
-        elif src.is_file():
-            items = load_datalist_json(src, keys=list(modalities))
-        else:
-            raise FileNotFoundError(
-                f"seed_datalist {str(src)!r} is neither a datalist JSON nor a HECKTOR folder."
-            )
-    else:
-        items = list(seed_datalist)
+    try:
+        items = resolve_datalist(seed_datalist, modalities, "seed_datalist")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"seed_datalist {os.fspath(seed_datalist)!r} is neither a datalist JSON nor a HECKTOR folder."
+        ) from err
     if not items:
         raise ValueError("seed_datalist is empty.")
     missing = [(i, [m for m in modalities if m not in item]) for i, item in enumerate(items)]

@@ -11,7 +11,8 @@
 - statistics by patient: :func:`patient_ids`, :func:`patient_means`, :func:`summarize_by_patient`,
   :func:`patient_disjoint_halves` (slices of one patient are not independent samples).
 
-The entry point that computes all of them on a real and a synthetic set is :mod:`monai_pairsynth.evaluate`.
+The entry point that computes all of them on a real and a synthetic set is :mod:`monai_pairsynth.metrics.evaluation`
+(its markdown in :mod:`monai_pairsynth.metrics.report`).
 See ``docs/metrics.md``.
 """
 

@@ -4,7 +4,7 @@ Both take two feature matrices ``(N, F)`` and ``(M, F)``, e.g. from :func:`extra
 package's own feature network. Lower is closer; 0 means the same distribution. Both are biased by the sample
 size (FID strongly when ``N`` is not much larger than ``F``), so only compare values computed with the same
 feature network and the same set sizes, and read them against the real-vs-real value of two halves of the
-real set (:func:`monai_pairsynth.evaluate.evaluate` reports both).
+real set (:func:`monai_pairsynth.metrics.evaluation.evaluate` reports both).
 """
 
 from __future__ import annotations

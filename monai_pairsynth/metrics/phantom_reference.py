@@ -3,7 +3,7 @@
 Every "synthetic" set here is built from phantom cases, so the right answer is known: independent phantom
 cases are what a perfect generator would produce; the other sets break one property each (near-copies of the
 real training cases, one case repeated, masks swapped between cases, a CT flipped against its PET, shifted
-intensities). Each set is scored by :func:`monai_pairsynth.evaluate.evaluate` against the same real set with
+intensities). Each set is scored by :func:`monai_pairsynth.metrics.evaluation.evaluate` against the same real set with
 one feature segmenter trained on that real set. ``docs/metrics.md`` shows the table this prints::
 
     python -m monai_pairsynth.metrics.phantom_reference --num-real 32 --num-synthetic 32 --size 128
@@ -20,6 +20,9 @@ from typing import Any
 import torch
 
 from monai_pairsynth.data import make_phantom_case
+from monai_pairsynth.quality import train_feature_segmenter
+
+from .evaluation import evaluate
 
 __all__ = ["PHANTOM_VARIANTS", "main", "phantom_reference_table"]
 
@@ -94,9 +97,6 @@ def phantom_reference_table(
         ``lesion_dice_real``, ``body_dice``, ``body_dice_real``, ``flagged_fraction``, ``median_ratio``,
         ``seconds``).
     """
-    from monai_pairsynth.evaluate import evaluate
-    from monai_pairsynth.quality import train_feature_segmenter
-
     names = list(PHANTOM_VARIANTS) if variants is None else list(variants)
     unknown = [n for n in names if n not in PHANTOM_VARIANTS]
     if unknown:

@@ -157,7 +157,7 @@ def write_evaluation_report(
             patient.
         pool_file: the pool whose counts are reported (its ``counts.json`` beside it when present, else the
             pool's own running counts).
-        generation_metrics: the result of :func:`monai_pairsynth.evaluate.evaluate` on the pool.
+        generation_metrics: the result of :func:`monai_pairsynth.metrics.evaluation.evaluate` on the pool.
         settings: recorded as they are.
 
     Returns:
@@ -368,7 +368,7 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     )
     lines += [
         "",
-        f"Computed by `monai_pairsynth.evaluate` in {metrics['timings']['total']:.1f} s on {metrics['device']}.",
+        f"Computed by `monai_pairsynth.metrics.evaluation` in {metrics['timings']['total']:.1f} s on {metrics['device']}.",
         "",
     ]
     return "\n".join(lines)

@@ -417,7 +417,7 @@ def export_pool_nifti(pool: Any, output_dir: str | os.PathLike, case_prefix: str
 
     ``<output_dir>/<case>/<case>__CT.nii.gz``, ``__PT.nii.gz``, ``<case>.nii.gz`` (mask, uint8) and
     ``datalist.json`` (relative paths, a ``"generation"`` record), readable by MONAI's ``load_decathlon_datalist``
-    and by :func:`monai_pairsynth.evaluate.evaluate`.
+    and by :func:`monai_pairsynth.metrics.evaluation.evaluate`.
 
     Returns:
         the datalist path.

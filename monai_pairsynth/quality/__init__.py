@@ -20,6 +20,7 @@ from .feature_segmenter import (
 from .kmeans import kmeans
 from .mc_dropout_features import FeaturePass, MCDropoutFeatureExtractor, find_dropout_modules
 from .plausibility import body_mask, fill_holes_2d, mask_in_body_fraction, pet_uptake_ratio
+from .plausibility_settings import PlausibilitySettings
 from .selection_result import RejectionReason, SelectionMode, SelectionResult
 from .triplet_batches import IntensityUnits, iter_triplet_batches, prepare_triplet_batch
 from .triplet_corruptions import TripletCorruption, corrupt_triplets
@@ -31,6 +32,7 @@ __all__ = [
     "FilterNotFittedError",
     "IntensityUnits",
     "MCDropoutFeatureExtractor",
+    "PlausibilitySettings",
     "RejectionReason",
     "SelectionMode",
     "SelectionResult",

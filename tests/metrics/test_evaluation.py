@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from monai_pairsynth.data import make_phantom_case, write_phantom_hecktor
-from monai_pairsynth.evaluate import evaluate, load_triplet_set, main
+from monai_pairsynth.metrics.evaluation import evaluate, load_triplet_set, main
 from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 from monai_pairsynth.quality import build_feature_segmenter, save_feature_segmenter
 
