@@ -26,24 +26,30 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import math
-import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
 
-from monai_pairsynth.data.nifti_io import NiftiTripletWriter, affine_from_spacing, case_ids
-from monai_pairsynth.data.phantom import DEFAULT_SIZE_2D, make_phantom_case
-from monai_pairsynth.data.validation import check_allocation, check_finite, check_pool_state, finite_rows
+from monai_pairsynth.data.nifti_io import affine_from_spacing
+from monai_pairsynth.data.validation import check_allocation, finite_rows
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
-from monai_pairsynth.utils import atomic_save_torch, remove_stale_tmp_files
+
+from .pool_files import PoolFiles
+from .pool_sources import PhantomPoolSource
+from .pool_types import (
+    EmptyPoolError,
+    PoolGenerationError,
+    PoolStorage,
+    PoolUpdate,
+    RefillOrder,
+    _in_worker_process,
+    _is_out_of_memory,
+)
 
 __all__ = [
     "EmptyPoolError",
@@ -57,82 +63,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = "monai_pairsynth.SynthesisPool"
-_FORMAT_VERSION = 1
 
-
-class PoolStorage(str, Enum):
-    """In which units a :class:`SynthesisPool` stores its triplets."""
-
-    PHYSICAL = "physical"
-    NORMALIZED = "normalized"
-
-
-class RefillOrder(str, Enum):
-    """Which filled slots a refill replaces: the ``oldest`` ones or ``random`` ones (seeded)."""
-
-    OLDEST = "oldest"
-    RANDOM = "random"
-
-
-class PoolGenerationError(RuntimeError):
-    """Raised by :meth:`SynthesisPool.fill` / :meth:`SynthesisPool.refill` when the source failed.
-
-    The failure is already counted in :attr:`SynthesisPool.stats` and the pool is unchanged.
-
-    Attributes:
-        reason: ``"exception"`` or ``"out_of_memory"``.
-    """
-
-    def __init__(self, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class EmptyPoolError(IndexError):
-    """A synthetic triplet was requested from a pool that holds none (fill it first)."""
-
-
-@dataclass
-class PoolUpdate:
-    """What one :meth:`SynthesisPool.fill` / :meth:`SynthesisPool.refill` did.
-
-    Attributes:
-        requested: number of triplets asked for.
-        accepted: number accepted by the filter and written into the pool.
-        generated: number of triplets the source produced for this update.
-        rejected: rejections by reason (filter reasons and ``"non_finite"``).
-        surplus: accepted beyond the request (the last batch was larger than needed), discarded.
-        slots: pool slots written.
-        attempts: number of source calls.
-        seconds: wall time of the generation (filter included).
-        complete: ``accepted == requested``.
-    """
-
-    requested: int
-    accepted: int = 0
-    generated: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    surplus: int = 0
-    slots: list[int] = field(default_factory=list)
-    attempts: int = 0
-    seconds: float = 0.0
-
-    @property
-    def complete(self) -> bool:
-        return self.accepted == self.requested
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
-    return isinstance(err, oom_types) or "out of memory" in str(err).lower()
-
-
-def _in_worker_process() -> bool:
-    return torch.utils.data.get_worker_info() is not None
-
-
-class SynthesisPool:
+class SynthesisPool(PoolFiles):
     """A bounded bank of filtered synthetic triplets in shared CPU memory.
 
     Args:
@@ -667,290 +599,8 @@ class SynthesisPool:
         if executor is not None:
             executor.shutdown(wait=True)
 
-    # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> dict[str, Any]:
-        """The pool's content and metadata as plain tensors/containers (loadable with ``weights_only=True``)."""
-        with self._lock:
-            n = len(self)
-            stats = self.stats
-            return {
-                "format": _FORMAT,
-                "version": _FORMAT_VERSION,
-                "keys": list(self.keys),
-                "spatial_shape": list(self.spatial_shape),
-                "capacity": self.capacity,
-                "storage": self.storage.value,
-                "specs": {k: s.to_dict() for k, s in self.specs.items()},
-                "spacing": list(self.spacing),
-                "seed": self.seed,
-                "size": n,
-                "data": {k: self._data[k][:n].clone() for k in self.keys},
-                "stamps": self._stamps[:n].clone(),
-                "stats": {
-                    "generated": stats["generated"],
-                    "accepted": stats["accepted"],
-                    "surplus": stats["surplus"],
-                    "rejected": stats["rejected"],
-                    "failures": stats["failures"],
-                    "generation_seconds": stats["generation_seconds"],
-                },
-            }
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the pool to a tensor file (``torch.save``), atomically."""
-        atomic_save_torch(self.state_dict(), path)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike,
-        source: Callable[[int, torch.Generator], Mapping[str, torch.Tensor]] | None = None,
-        quality_filter: Any | None = None,
-        capacity: int | None = None,
-        **kwargs: Any,
-    ) -> SynthesisPool:
-        """Read a pool written by :meth:`save`, checked first (:func:`~monai_pairsynth.data.validation.check_pool_state`).
-
-        Every stored field must be present, every triplet finite and every mask binary: a damaged file is an
-        error naming it, never served to training. Temporary files an interrupted :meth:`save` of the same path
-        left behind are removed.
-
-        Args:
-            path: the file.
-            source: a source for later refills (not saved with the pool).
-            quality_filter: a filter for later refills.
-            capacity: new capacity (>= the number of stored triplets); default the saved one.
-            kwargs: other constructor arguments (``request_size``, ``max_attempts``...).
-        """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no SynthesisPool file at {os.fspath(path)!r}.")
-        remove_stale_tmp_files(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable SynthesisPool file: {err}") from err
-        if not isinstance(state, Mapping) or state.get("format") != _FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a SynthesisPool file (no format {_FORMAT!r}).")
-        if state.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"{os.fspath(path)!r} has SynthesisPool format version {state.get('version')!r}; "
-                f"this code reads version {_FORMAT_VERSION}."
-            )
-        try:
-            stored_specs = resolve_specs(state["specs"]) if isinstance(state.get("specs"), Mapping) else {}
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{os.fspath(path)!r}: unreadable modality specs: {err}") from err
-        binary = {0.0, 1.0} if state.get("storage") == PoolStorage.PHYSICAL.value else {-1.0, 1.0}
-        check_pool_state(state, path, {k: binary for k, spec in stored_specs.items() if spec.is_mask})
-        n = int(state["size"])
-        capacity = int(state["capacity"]) if capacity is None else capacity
-        if capacity < n:
-            raise ValueError(
-                f"capacity {capacity} is smaller than the {n} triplets stored in {os.fspath(path)!r}."
-            )
-        pool = cls(
-            capacity,
-            keys=tuple(state["keys"]),
-            spatial_shape=tuple(state["spatial_shape"]),
-            source=source,
-            quality_filter=quality_filter,
-            specs=state["specs"],
-            spacing=tuple(state["spacing"]),
-            storage=state["storage"],
-            seed=kwargs.pop("seed", int(state["seed"])),
-            **kwargs,
-        )
-        for k in pool.keys:
-            rows = state["data"][k]
-            if tuple(rows.shape) != (n, 1, *pool.spatial_shape):
-                raise ValueError(
-                    f"{os.fspath(path)!r}: data[{k!r}] has shape {tuple(rows.shape)}, expected {(n, 1, *pool.spatial_shape)}."
-                )
-            pool._data[k][:n] = rows
-        pool._stamps[:n] = state["stamps"]
-        pool._next_stamp = int(state["stamps"].max()) + 1 if n else 0
-        pool._size.fill_(n)
-        for name in ("generated", "accepted", "surplus", "generation_seconds"):
-            pool._stats[name] = state["stats"][name]
-        pool._stats["rejected"].update(state["stats"]["rejected"])
-        pool._stats["failures"].update(state["stats"]["failures"])
-        return pool
-
-    # ------------------------------------------------------------------ NIfTI (the generate module's layout)
-    def export_nifti(
-        self, output_dir: str | os.PathLike, prefix: str = "POOL", overwrite: bool = False
-    ) -> Path:
-        """Write every triplet as NIfTI in the layout of :mod:`monai_pairsynth.data.nifti_io`, in physical units.
-
-        One folder per triplet (``<prefix>-0000/<prefix>-0000__CT.nii.gz``, ``..__PT.nii.gz``, the mask
-        ``<prefix>-0000.nii.gz`` as uint8) and a ``datalist.json`` (paths relative to the folder, the modality
-        specs and the spacing) that MONAI's ``load_decathlon_datalist`` and :meth:`from_nifti` read. Written by
-        :class:`~monai_pairsynth.data.nifti_io.NiftiTripletWriter`: a temporary folder renamed into place at the
-        end. An existing, non-empty ``output_dir`` is an error unless ``overwrite`` (then it is replaced once
-        the new folder is complete).
-
-        Returns:
-            ``output_dir`` as a ``Path``.
-        """
-        with NiftiTripletWriter(output_dir, self.specs, overwrite=overwrite) as writer:
-            for i, case_id in enumerate(case_ids(prefix, len(self))):
-                triplet = self.get(i, units=PoolStorage.PHYSICAL)
-                writer.add(case_id, {k: triplet[k].as_tensor() for k in self.keys}, self.affine)
-            generation = {
-                "source": "SynthesisPool",
-                "spatial_size": list(self.spatial_shape),
-                "spacing": list(self.spacing),
-            }
-            writer.commit(
-                {
-                    "description": "synthetic triplets exported from a monai_pairsynth SynthesisPool",
-                    "generation": generation,
-                }
-            )
-        return writer.output_dir
-
-    @classmethod
-    def from_nifti(
-        cls,
-        path: str | os.PathLike,
-        capacity: int | None = None,
-        source: Callable[[int, torch.Generator], Mapping[str, torch.Tensor]] | None = None,
-        quality_filter: Any | None = None,
-        **kwargs: Any,
-    ) -> SynthesisPool:
-        """A pool holding the triplets of a folder written by :mod:`monai_pairsynth.generate` or :meth:`export_nifti`.
-
-        Args:
-            path: the folder, or its ``datalist.json``.
-            capacity: pool capacity (>= the number of triplets); default the number of triplets.
-            source, quality_filter, kwargs: as in the constructor, for later refills.
-        """
-        import json
-
-        import nibabel as nib
-
-        path = Path(path)
-        datalist_path = path / "datalist.json" if path.is_dir() else path
-        if not datalist_path.is_file():
-            raise FileNotFoundError(f"no datalist.json at {os.fspath(datalist_path)!r}.")
-        try:
-            datalist = json.loads(datalist_path.read_text(encoding="utf-8"))
-            entries = list(datalist["training"])
-            specs = datalist["modalities"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(
-                f"{os.fspath(datalist_path)!r} is not a generated-triplet datalist (needs 'training' and 'modalities'): {err}"
-            ) from err
-        if not entries:
-            raise ValueError(f"{os.fspath(datalist_path)!r} lists no triplets.")
-        keys = tuple(specs)
-        rows: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-        affine = None
-        for entry in entries:
-            for k in keys:
-                file = datalist_path.parent / entry[k]
-                if not file.is_file():
-                    raise FileNotFoundError(
-                        f"{os.fspath(datalist_path)!r} lists {os.fspath(file)!r}, which does not exist."
-                    )
-                img = nib.load(str(file))
-                row = torch.as_tensor(img.get_fdata(dtype="float32"))[None]
-                check_finite(row, f"{k} file {os.fspath(file)} (listed in {os.fspath(datalist_path)})")
-                rows[k].append(row)
-                affine = img.affine if affine is None else affine
-        shapes = {tuple(r.shape) for v in rows.values() for r in v}
-        if len(shapes) != 1:
-            raise ValueError(
-                f"the triplets of {os.fspath(datalist_path)!r} have different shapes {sorted(shapes)}."
-            )
-        spatial_shape = tuple(next(iter(shapes))[1:])
-        spacing = (datalist.get("generation") or {}).get("spacing")
-        if spacing is None:
-            spacing = [float(abs(affine[:, i][:3]).max()) for i in range(len(spatial_shape))]
-        n = len(entries)
-        pool = cls(
-            n if capacity is None else capacity,
-            keys=keys,
-            spatial_shape=spatial_shape,
-            source=source,
-            quality_filter=quality_filter,
-            specs=specs,
-            spacing=tuple(float(s) for s in spacing),
-            **kwargs,
-        )
-        if pool.capacity < n:
-            raise ValueError(
-                f"capacity {pool.capacity} is smaller than the {n} triplets in {os.fspath(datalist_path)!r}."
-            )
-        data = {k: torch.stack(v) for k, v in rows.items()}
-        data = {k: (v > 0.5).float() if pool.specs[k].is_mask else v for k, v in data.items()}
-        if pool.storage == PoolStorage.NORMALIZED:
-            data = {k: pool.specs[k].normalize(v) for k, v in data.items()}
-        pool._commit(data, PoolUpdate(requested=n, accepted=n), RefillOrder.OLDEST)
-        return pool
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(size={len(self)}, capacity={self.capacity}, keys={self.keys}, "
             f"spatial_shape={self.spatial_shape}, spacing={self.spacing}, storage={self.storage.value!r})"
         )
-
-
-# ---------------------------------------------------------------------- ready-made sources
-class PhantomPoolSource:
-    """A pool source that returns phantom cases (:func:`monai_pairsynth.data.phantom.make_phantom_case`).
-
-    Deterministic and cheap: case seeds are drawn from the generator handed in by the pool. Useful to test a
-    pipeline end to end, and as the "perfect generator" upper bound on the phantom benchmark.
-
-    Args:
-        spatial_shape: ``(H, W)`` or ``(H, W, D)`` of the cases; ``None``: the phantom's default.
-        spacing: isotropic voxel size in mm.
-        keys: which of the case's modalities to return.
-        max_seed: case seeds are drawn from ``[0, max_seed)``.
-        case_kwargs: further arguments of ``make_phantom_case`` (e.g. ``noise=False``).
-
-    Example:
-        >>> import torch
-        >>> source = PhantomPoolSource((32, 32), spacing=8.0)
-        >>> batch = source(2, torch.Generator().manual_seed(0))
-        >>> {k: tuple(v.shape) for k, v in batch.items()}
-        {'ct': (2, 1, 32, 32), 'pet': (2, 1, 32, 32), 'label': (2, 1, 32, 32)}
-    """
-
-    device = torch.device("cpu")
-
-    def __init__(
-        self,
-        spatial_shape: Sequence[int] | None = None,
-        spacing: float = 2.0,
-        keys: Sequence[str] = ("ct", "pet", "label"),
-        max_seed: int = 2**31 - 1,
-        **case_kwargs: Any,
-    ) -> None:
-        self.spatial_shape = tuple(DEFAULT_SIZE_2D if spatial_shape is None else spatial_shape)
-        if len(self.spatial_shape) not in (2, 3):
-            raise ValueError(f"spatial_shape must be (H, W) or (H, W, D), got {spatial_shape!r}.")
-        if not isinstance(max_seed, int) or max_seed < 1:
-            raise ValueError(f"max_seed must be an integer >= 1, got {max_seed!r}.")
-        allowed = ("ct", "pet", "label")
-        if isinstance(keys, str) or not keys or any(k not in allowed for k in keys):
-            raise ValueError(f"keys must be a non-empty subset of {list(allowed)}, got {keys!r}.")
-        self.keys = tuple(keys)
-        self.spacing = float(spacing)
-        self.max_seed = max_seed
-        self.case_kwargs = case_kwargs
-
-    def __call__(self, num: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        seeds = torch.randint(self.max_seed, (num,), generator=generator, device=generator.device).tolist()
-        cases = [
-            make_phantom_case(
-                int(s),
-                spatial_dims=len(self.spatial_shape),
-                spatial_size=self.spatial_shape,
-                spacing=self.spacing,
-                **self.case_kwargs,
-            )
-            for s in seeds
-        ]
-        return {k: torch.stack([c[k].as_tensor() for c in cases]) for k in self.keys}

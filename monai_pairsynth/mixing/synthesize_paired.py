@@ -39,12 +39,12 @@ from monai.utils import TransformBackends
 
 from monai_pairsynth.modalities import ModalitySpec
 
+from .pool_types import _is_out_of_memory
 from .synthesis_pool import (
     EmptyPoolError,
     PoolGenerationError,
     PoolStorage,
     SynthesisPool,
-    _is_out_of_memory,
 )
 
 __all__ = [
