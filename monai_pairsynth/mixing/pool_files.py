@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import nibabel as nib
 import torch
@@ -19,10 +19,10 @@ from monai_pairsynth.utils import atomic_save_torch, remove_stale_tmp_files
 
 from .pool_types import PoolStorage, PoolUpdate, RefillOrder
 
-if TYPE_CHECKING:
-    from .synthesis_pool import SynthesisPool
-
 __all__ = ["PoolFiles"]
+
+#: the pool class a classmethod builds (SynthesisPool)
+_Pool = TypeVar("_Pool", bound="PoolFiles")
 
 _FORMAT = "monai_pairsynth.SynthesisPool"
 _FORMAT_VERSION = 1
@@ -65,13 +65,13 @@ class PoolFiles:
 
     @classmethod
     def load(
-        cls,
+        cls: type[_Pool],
         path: str | os.PathLike,
         source: Callable[[int, torch.Generator], Mapping[str, torch.Tensor]] | None = None,
         quality_filter: Any | None = None,
         capacity: int | None = None,
         **kwargs: Any,
-    ) -> SynthesisPool:
+    ) -> _Pool:
         """Read a pool written by :meth:`save`, checked first (:func:`~monai_pairsynth.data.validation.check_pool_state`).
 
         Every stored field must be present, every triplet finite and every mask binary: a damaged file is an
@@ -174,13 +174,13 @@ class PoolFiles:
 
     @classmethod
     def from_nifti(
-        cls,
+        cls: type[_Pool],
         path: str | os.PathLike,
         capacity: int | None = None,
         source: Callable[[int, torch.Generator], Mapping[str, torch.Tensor]] | None = None,
         quality_filter: Any | None = None,
         **kwargs: Any,
-    ) -> SynthesisPool:
+    ) -> _Pool:
         """A pool holding the triplets of a folder written by :mod:`monai_pairsynth.generate` or :meth:`export_nifti`.
 
         Args:
