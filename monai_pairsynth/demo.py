@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -33,6 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from monai_pairsynth.bundle_checks import check_generator_checkpoint
+from monai_pairsynth.metrics.report import format_results_table
 
 __all__ = ["DemoSettings", "bundle_commands", "main", "run_demo"]
 
@@ -220,8 +224,6 @@ def bundle_commands(
 
 
 def _shell(argv: Sequence[str]) -> str:
-    import shlex
-
     shown = ["python" if a == sys.executable else a for a in argv]
     return " ".join(shlex.quote(a) for a in shown)
 
@@ -251,9 +253,6 @@ def run_demo(
         FileNotFoundError: no bundle folder or no diffusion checkpoint (the message says how to make one).
         RuntimeError: a bundle step failed (the message names its log file and shows its last lines).
     """
-    from monai_pairsynth.bundle_checks import check_generator_checkpoint
-    from monai_pairsynth.metrics.report import format_results_table
-
     start = time.perf_counter()
     bundle = Path(bundle_dir) if bundle_dir is not None else _BUNDLE
     if not (bundle / "configs" / "generate.json").is_file():

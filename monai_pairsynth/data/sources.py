@@ -293,7 +293,8 @@ def _as_sample_list(data: Any, keys: Sequence[str], name: str) -> list[dict[str,
     return out
 
 
-def _isotropic(spacing: float | Sequence[float] | None, what: str) -> float | None:
+def _isotropic_spacing(spacing: float | Sequence[float] | None, what: str) -> float | None:
+    """The one positive spacing of an isotropic grid (``None`` for none); raises ``ValueError`` otherwise."""
     if spacing is None:
         return None
     values = [float(spacing)] if isinstance(spacing, (int, float)) else [float(v) for v in spacing]
@@ -462,7 +463,7 @@ def load_samples(
         if sorted(keys) != ["ct", "label", "pet"]:
             raise ValueError(f"the phantom has keys ['ct', 'pet', 'label']; cannot produce keys {keys}.")
         size = tuple(int(s) for s in (spatial_size or DEFAULT_SPATIAL_SIZE))
-        mm = _isotropic(spacing, "the phantom")
+        mm = _isotropic_spacing(spacing, "the phantom")
         ds = PhantomDataset(
             int(num_phantom),
             base_seed=int(phantom_seed),

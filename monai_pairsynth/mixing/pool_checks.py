@@ -35,7 +35,8 @@ def _size_text(size: Sequence[int] | None) -> str:
     return "unknown size" if size is None else "x".join(str(int(s)) for s in size)
 
 
-def _isotropic(spacing: Any) -> float | None:
+def _isotropic_or_none(spacing: Any) -> float | None:
+    """The one spacing of an isotropic grid, ``None`` for no spacing or an anisotropic one (never raises)."""
     if spacing is None:
         return None
     values = [float(spacing)] if isinstance(spacing, (int, float)) else [float(v) for v in spacing]
@@ -83,7 +84,7 @@ def check_generator_checkpoint(
     info = {
         "path": str(p),
         "spatial_size": None if ckpt.get("spatial_size") is None else [int(s) for s in ckpt["spatial_size"]],
-        "spacing": _isotropic(ckpt.get("spacing")),
+        "spacing": _isotropic_or_none(ckpt.get("spacing")),
         "modalities": list(config.get("modalities") or []),
         "spatial_dims": int(config.get("spatial_dims", 2)),
         "model_config": config,
