@@ -120,9 +120,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path, checkpoint, monkeypa
     with pytest.raises(FileExistsError, match="already exists and is not empty"):
         generate(checkpoint, out, 1, num_inference_steps=2, progress=False)
     # a failing overwrite keeps the old output
-    monkeypatch.setattr(
-        nifti_io, "write_nifti", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
-    )
+    monkeypatch.setattr(nifti_io, "write_nifti", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
         generate(checkpoint, out, 1, num_inference_steps=2, progress=False, overwrite=True)
     assert (out / "keep.txt").read_text() == "x"
