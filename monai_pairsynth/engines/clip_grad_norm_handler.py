@@ -119,6 +119,11 @@ class ClipGradNormHandler:
     def __call__(self, engine: Any) -> None:
         if not _optimizer_steps_this_iteration(engine):
             return
+        gather = getattr(engine.optimizer, "gather_grads", None)
+        if (
+            gather is not None
+        ):  # an optimiser over flat buffers: the gradients must be in them first (cheap if so)
+            gather()
         if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
             engine.scaler.unscale_(engine.optimizer)
         if self.parameters is not None:

@@ -6,8 +6,9 @@ gradients) is a multi-tensor kernel over ~930 small tensors plus Python lists of
 image size that bookkeeping costs more than the networks. Here each optimiser group's parameters become views
 into one contiguous buffer, and their gradients views into a second one (the layout of apex's and DeepSpeed's
 contiguous buffers). The modules are unchanged: every ``nn.Parameter`` object stays the same, only its storage
-moves, so the forward pass, ``state_dict`` and ``load_state_dict`` behave as before. Autograd accumulates
-gradients in place into the existing ``.grad`` views.
+moves, so the forward pass, ``state_dict`` and ``load_state_dict`` behave as before. After a backward the
+per-parameter gradients are copied into the gradient buffer with one multi-tensor copy
+(:meth:`FlatParameterGroup.gather_grads`, called by the trainer right after the backward and by ``step``).
 
 :class:`FlatParameterAdamW` is a ``torch.optim.AdamW`` whose groups hold the flat buffers; its
 ``state_dict`` is written, and read, in the ordinary per-parameter layout, so checkpoints are interchangeable
@@ -23,57 +24,84 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from monai.engines.utils import IterationEvents
 from torch import nn
 
-__all__ = ["FlatParameterAdamW", "FlatParameterGroup", "flat_group_of", "flatten_into_buffer"]
+__all__ = [
+    "FlatParameterAdamW",
+    "FlatParameterGroup",
+    "GatherGradsHandler",
+    "flat_group_of",
+    "flatten_into_buffer",
+]
 
 
 @dataclass
 class FlatParameterGroup:
-    """The parameters ``members`` living as consecutive views of ``flat`` (and their gradients of ``flat.grad``)."""
+    """The parameters ``members`` living as consecutive views of ``flat``; ``flat.grad`` holds their gradients.
+
+    Gradients: after ``zero_grad(set_to_none=True)`` autograd hands each parameter a fresh gradient tensor (no
+    copy, no add); :meth:`gather_grads` then copies them into ``flat.grad`` with one multi-tensor copy and makes
+    every ``.grad`` a view of it, so later in-place changes (clipping, unscaling, a second backward under
+    gradient accumulation) act on the buffer. Making the gradients views *before* the backward instead would
+    let autograd add into them in place: one extra ``add_`` per parameter and backward.
+    """
 
     flat: nn.Parameter
     members: list[nn.Parameter]
     offsets: list[int]
+    grad_views: list[torch.Tensor]
 
-    def check_linked(self) -> None:
-        """Raise if a member no longer lives in ``flat`` (e.g. after ``module.to(...)``); re-link gradients that
-        were set to ``None`` (``module.zero_grad()``), keeping their values (none: zero)."""
-        data_ptr = self.flat.data_ptr()
-        element = self.flat.element_size()
-        for i in (
-            0,
-            len(self.members) - 1,
-        ):  # O(1) per step: a move replaces every member, the first and last too
-            p = self.members[i]
-            if p.data_ptr() != data_ptr + self.offsets[i] * element:
+    def _member_at_offset(self, i: int, tensor: torch.Tensor | None, base: torch.Tensor) -> bool:
+        return (
+            tensor is not None
+            and tensor.data_ptr() == base.data_ptr() + self.offsets[i] * base.element_size()
+        )
+
+    def check_data(self) -> None:
+        """Raise if the members no longer live in ``flat`` (e.g. after ``module.to(...)``). O(1): a move
+        replaces every member, the first and the last too."""
+        for i in (0, len(self.members) - 1):
+            if not self._member_at_offset(i, self.members[i], self.flat):
                 raise RuntimeError(
-                    f"parameter {i} of a flat parameter group (shape {tuple(p.shape)}) no longer lives in the "
-                    "group's contiguous buffer: the model's parameters were moved or replaced (e.g. by "
+                    f"parameter {i} of a flat parameter group (shape {tuple(self.members[i].shape)}) no longer lives "
+                    "in the group's contiguous buffer: the model's parameters were moved or replaced (e.g. by "
                     "`model.to(...)`) after the optimiser was built; move the model first, then build the trainer."
                 )
-        grad = self.flat.grad
-        if grad is None:
-            raise RuntimeError("the flat parameter buffer lost its gradient buffer (set to None).")
-        for p, start in zip(self.members, self.offsets):
-            view = grad[start : start + p.numel()].view_as(p)
-            if p.grad is None:
-                p.grad = view.zero_()
-            elif p.grad.data_ptr() != view.data_ptr():
-                view.copy_(p.grad)
-                p.grad = view
 
-    def grads_linked(self) -> bool:
-        """Cheap test: are the first and last member's gradients still views of the gradient buffer?"""
+    def grads_gathered(self) -> bool:
+        """Are the first and last member's gradients views of ``flat.grad`` (then all are, see gather_grads)?"""
         grad = self.flat.grad
-        if grad is None:
-            return False
-        element = grad.element_size()
-        for i in (0, len(self.members) - 1):
-            g = self.members[i].grad
-            if g is None or g.data_ptr() != grad.data_ptr() + self.offsets[i] * element:
-                return False
-        return True
+        return grad is not None and all(
+            self._member_at_offset(i, self.members[i].grad, grad) for i in (0, len(self.members) - 1)
+        )
+
+    @torch.no_grad()
+    def gather_grads(self) -> None:
+        """Copy the members' gradients into ``flat.grad`` (missing ones: zero) and make them views of it."""
+        if self.flat.grad is None:
+            self.flat.grad = torch.zeros_like(self.flat)
+            self.grad_views = _views(self.flat.grad, self.members, self.offsets)
+        if self.grads_gathered():
+            return
+        grads = [p.grad for p in self.members]
+        dst, src = [], []
+        for view, g in zip(self.grad_views, grads):
+            if g is None:
+                view.zero_()
+            elif g.data_ptr() != view.data_ptr():
+                dst.append(view)
+                src.append(g)
+        if dst:
+            torch._foreach_copy_(dst, src)
+        for p, view in zip(self.members, self.grad_views):
+            p.grad = view
+
+
+def _views(
+    buffer: torch.Tensor, params: Sequence[torch.Tensor], offsets: Sequence[int]
+) -> list[torch.Tensor]:
+    return [buffer[start : start + p.numel()].view_as(p) for p, start in zip(params, offsets)]
 
 
 # id(parameter) -> (weak ref to the parameter, weak ref to its group). Not a WeakKeyDictionary: tensors compare
@@ -105,8 +133,9 @@ def _layout(params: Sequence[torch.Tensor]) -> tuple[list[int], int]:
 def flatten_into_buffer(params: Sequence[nn.Parameter], with_grad: bool = True) -> FlatParameterGroup:
     """Move ``params`` (one device, one floating dtype, dense) into one contiguous buffer, as views of it.
 
-    With ``with_grad`` every parameter's ``.grad`` becomes a view of a second buffer (existing gradient values
-    are copied over, missing ones are zero), which autograd then accumulates into in place.
+    With ``with_grad`` a second buffer ``flat.grad`` receives the gradients (existing values are copied over,
+    missing ones are zero) and every parameter's ``.grad`` becomes a view of it; after a ``zero_grad`` to ``None``
+    and a backward, :meth:`FlatParameterGroup.gather_grads` copies them in again.
 
     Example:
         >>> import torch
@@ -114,8 +143,10 @@ def flatten_into_buffer(params: Sequence[nn.Parameter], with_grad: bool = True) 
         >>> group = flatten_into_buffer(list(net.parameters()))
         >>> group.flat.shape, net.weight.data_ptr() == group.flat.data_ptr()
         (torch.Size([8]), True)
+        >>> net.zero_grad(set_to_none=True)
         >>> net(torch.ones(1, 3)).sum().backward()
-        >>> group.flat.grad[:3].tolist()  # d/dW of sum(W x + b) = x, accumulated in the flat buffer
+        >>> group.gather_grads()
+        >>> group.flat.grad[:3].tolist()  # d/dW of sum(W x + b) = x, now in the flat buffer
         [1.0, 1.0, 1.0]
     """
     params = list(params)
@@ -139,15 +170,13 @@ def flatten_into_buffer(params: Sequence[nn.Parameter], with_grad: bool = True) 
         flat = nn.Parameter(data, requires_grad=any(p.requires_grad for p in params))
         for p, start in zip(params, offsets):
             p.data = data[start : start + p.numel()].view_as(p)
+        grad_views: list[torch.Tensor] = []
         if with_grad:
-            grad = torch.zeros_like(data)
-            for p, start in zip(params, offsets):
-                view = grad[start : start + p.numel()].view_as(p)
-                if p.grad is not None:
-                    view.copy_(p.grad)
-                p.grad = view
-            flat.grad = grad
-    group = FlatParameterGroup(flat=flat, members=params, offsets=offsets)
+            flat.grad = torch.zeros_like(data)
+            grad_views = _views(flat.grad, params, offsets)
+    group = FlatParameterGroup(flat=flat, members=params, offsets=offsets, grad_views=grad_views)
+    if with_grad:
+        group.gather_grads()  # existing gradient values are kept
     for p in params:
         _register(p, group)
     return group
@@ -161,9 +190,9 @@ class FlatParameterAdamW(torch.optim.AdamW):
     update, the step counter and the moments are kept for that buffer: a handful of tensors per step
     instead of one per parameter. Numerically it is AdamW (element-wise), so it gives the same weights.
 
-    - ``zero_grad`` zeroes the gradient buffers in place (``set_to_none`` is ignored: the gradients must stay
-      views of the buffer); gradients set to ``None`` elsewhere (``module.zero_grad()``) are re-linked at the
-      next step, keeping their values.
+    - After a backward the parameters' gradients are copied into the buffers by :meth:`gather_grads` (one
+      multi-tensor copy; ``step`` does it if nobody did), so ``module.zero_grad()`` and user code that replaces
+      ``.grad`` keep working.
     - ``state_dict`` / ``load_state_dict`` use the per-parameter layout of a plain ``AdamW`` over the same
       groups, so checkpoints move freely between the two.
     - Build it after the model is on its device: moving the parameters afterwards raises at the next step.
@@ -198,23 +227,31 @@ class FlatParameterAdamW(torch.optim.AdamW):
         super().__init__(flat_param_groups, **kwargs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """``set_to_none=True`` (the trainer's choice): gradients become ``None``, so the next backward hands
+        each parameter a fresh tensor (gathered afterwards); ``False``: the buffer is zeroed and the gradients
+        stay its views (the next backward then adds into them in place)."""
         for group in self.flat_groups:
-            if group.flat.grad is not None:
+            if set_to_none:
+                for p in group.members:
+                    p.grad = None
+            elif group.flat.grad is not None:
+                group.gather_grads()
                 group.flat.grad.zero_()
+
+    def gather_grads(self) -> None:
+        """Copy every parameter's gradient into its group's buffer (see :meth:`FlatParameterGroup.gather_grads`).
+
+        Cheap when already done. Must run before anything reads or changes the buffers' gradients (clipping, AMP
+        unscaling): :func:`~monai_pairsynth.engines.create_paired_trainer` calls it right after the backward;
+        ``step`` calls it too."""
+        for group in self.flat_groups:
+            group.gather_grads()
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
         for group in self.flat_groups:
-            if not group.grads_linked():
-                group.check_linked()
-            else:  # parameters moved? (first/last data pointers: O(1))
-                element = group.flat.element_size()
-                base = group.flat.data_ptr()
-                if any(
-                    group.members[i].data_ptr() != base + group.offsets[i] * element
-                    for i in (0, len(group.members) - 1)
-                ):
-                    group.check_linked()
+            group.check_data()
+            group.gather_grads()
         return super().step(closure)
 
     # ---------------------------------------------------------------- checkpoints in the per-parameter layout
@@ -276,3 +313,17 @@ class FlatParameterAdamW(torch.optim.AdamW):
                 )
             param_groups.append({**{k: v for k, v in saved.items() if k != "params"}, "params": [g_idx]})
         super().load_state_dict({"state": state, "param_groups": param_groups})
+
+
+class GatherGradsHandler:
+    """Call ``optimizer.gather_grads()`` on MONAI's ``IterationEvents.BACKWARD_COMPLETED``, before clipping,
+    AMP unscaling and the step read the flat gradient buffers. Attach it before those handlers."""
+
+    def __init__(self, optimizer: FlatParameterAdamW) -> None:
+        self.optimizer = optimizer
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        self.optimizer.gather_grads()

@@ -37,6 +37,7 @@ from monai_pairsynth.losses import PairedDiffusionLoss, PerceptualMode
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 
 from .clip_grad_norm_handler import ClipGradNormHandler
+from .flat_parameters import FlatParameterAdamW, GatherGradsHandler
 from .foreach_ema_handler import ForeachEMAHandler
 from .loss_components_handler import LossComponentsHandler, paired_loss_output_transform
 from .paired_checkpoint import (
@@ -391,6 +392,10 @@ def create_paired_trainer(
 
     loss_components = LossComponentsHandler(loss_function)
     handlers: list[Any] = [loss_components]
+    if isinstance(
+        optimizer, FlatParameterAdamW
+    ):  # first on BACKWARD_COMPLETED: before clipping reads the buffers
+        handlers.insert(0, GatherGradsHandler(optimizer))
     warmup = None
     if perceptual_weight and float(perceptual_weight) > 0:
         warmup = PerceptualWarmup(perceptual_start_epoch, perceptual_weight, loss_function)

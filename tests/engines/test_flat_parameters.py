@@ -127,7 +127,7 @@ def test_gradients_set_to_none_elsewhere_are_relinked_and_moved_parameters_are_r
     net(torch.ones(1, 3)).sum().backward()
     opt.step()
     assert all(not torch.equal(p, b) for p, b in zip(net.parameters(), before))  # every parameter was updated
-    assert opt.flat_groups[0].grads_linked()
+    assert opt.flat_groups[0].grads_gathered()
     net.double()  # moves every parameter out of the buffer
     with pytest.raises(RuntimeError, match="moved or replaced"):
         opt.step()
@@ -213,3 +213,24 @@ def test_trainer_on_flat_buffers_trains_like_the_per_tensor_optimizer(tmp_path):
         assert torch.equal(a, b)
     resumed.run()
     assert resumed.state.epoch == 2
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_gradient_accumulation_over_two_backwards_lands_in_the_buffer(set_to_none):
+    net, ref = two_layer(), two_layer()
+    opt = FlatParameterAdamW(groups_of(net), lr=0.1, weight_decay=0.0)
+    ref_opt = torch.optim.AdamW(groups_of(ref), lr=0.1, weight_decay=0.0)
+    x1, x2 = torch.randn(4, 3), torch.randn(4, 3)
+    for model, o in ((net, opt), (ref, ref_opt)):
+        o.zero_grad(set_to_none=set_to_none)
+        model(x1).sum().backward()
+        if o is opt:
+            opt.gather_grads()  # as the trainer does after each backward
+            assert opt.flat_groups[0].grads_gathered()
+        model(x2).sum().backward()  # accumulates into the buffer's views
+        o.step()
+    expected = torch.cat([p.grad.reshape(-1) for p in ref.parameters()])
+    got = torch.cat([g.flat.grad for g in opt.flat_groups])
+    assert torch.allclose(got, expected, atol=1e-6)
+    for a, b in zip(net.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-7, rtol=0)
