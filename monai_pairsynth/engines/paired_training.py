@@ -66,6 +66,7 @@ def build_training_dataset(
     datalist_key: str = "training",
     foreground_values: Sequence[float] | None = None,
     cache: bool = True,
+    data_summary: dict[str, Any] | None = None,
 ) -> Dataset:
     """The training dataset of :func:`train_paired_diffusion`: samples ``{modality: (1, *spatial)}`` in [-1, 1].
 
@@ -85,6 +86,8 @@ def build_training_dataset(
         datalist_key: list read from a datalist JSON.
         foreground_values: label values merged into the tumour when preprocessing files (HECKTOR: ``(1, 2)``).
         cache: cache the deterministic part in memory (``CacheDataset``).
+        data_summary: for files, a dict that receives ``cases``, ``samples`` and ``empty_cases`` (ids of cases
+            that gave no slice, also logged), for the run's summary.
     """
     from monai_pairsynth.data import (
         NormalizeModalitiesd,
@@ -126,7 +129,7 @@ def build_training_dataset(
             foreground_values=foreground_values,
             extract_slices=spatial_dims == 2,
         )
-        base = preprocess_datalist(items, prep)  # already normalised to [-1, 1]
+        base = preprocess_datalist(items, prep, summary=data_summary)  # already normalised to [-1, 1]
         deterministic = []
     elif isinstance(data, Sequence) or hasattr(data, "__getitem__"):
         if len(data) == 0:
@@ -259,8 +262,10 @@ def train_paired_diffusion(
             f"channels {tuple(kwargs.get('channels', ()))}; pick a multiple of {factor}."
         )
 
+    data_summary: dict[str, Any] = {}
     dataset = build_training_dataset(
         data,
+        data_summary=data_summary,
         modality_specs=specs,
         spatial_dims=spatial_dims,
         spatial_size=spatial_size,
@@ -385,6 +390,8 @@ def train_paired_diffusion(
         "last_epoch_metrics": {k: float(v) for k, v in trainer.state.metrics.items()},
         "checkpoint": str(trainer.paired.checkpoint_saver.last_path),
     }
+    if data_summary:  # files: how many cases and slices, and which cases gave none (empty masks)
+        summary["data"] = data_summary
     atomic_write_json(output_dir / "summary.json", summary)
     logger.info(
         "trained %d iterations, %.3f s per step; checkpoint %s",

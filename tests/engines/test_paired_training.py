@@ -221,3 +221,21 @@ def test_cli_new_recipe_options_reach_the_run(tmp_path, capsys):
     assert ckpt["noise_scheduler"]["prediction_type"] == "v_prediction" and ckpt["trainer"]["epoch"] == 2
     assert main(["--output-dir", str(tmp_path / "x"), *common, "--foreground-weight", "4"]) == 2
     assert "MODALITY=WEIGHT" in capsys.readouterr().err
+
+
+def test_run_summary_counts_cases_whose_empty_mask_gave_no_slice(tmp_path):
+    """Issue 15: a case with an all-zero mask is not dropped silently: it is named in the training summary."""
+    import nibabel as nib
+    import numpy as np
+
+    from monai_pairsynth.data import hecktor_datalist, write_phantom_hecktor
+
+    write_phantom_hecktor(tmp_path / "data", 2, spatial_size=(32, 32, 12), spacing=8.0, pet_spacing=None)
+    items = hecktor_datalist(tmp_path / "data")
+    label = nib.load(items[1]["label"])
+    nib.save(nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine), items[1]["label"])
+    summary: dict = {}
+    ds = build_training_dataset(items, spatial_size=(16, 16), spacing=16.0, data_summary=summary)
+    assert len(ds) == summary["samples"] > 0
+    assert summary["cases"] == 2
+    assert summary["empty_cases"] == [items[1]["case_id"]]
