@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -23,7 +24,27 @@ from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_MODALITY_SPECS", "ModalityKind", "ModalitySpec", "resolve_specs"]
+__all__ = [
+    "DEFAULT_MODALITY_SPECS",
+    "PET_LOG_SPEC",
+    "IntensityMapping",
+    "ModalityKind",
+    "ModalitySpec",
+    "resolve_specs",
+]
+
+
+class IntensityMapping(str, Enum):
+    """How an image's physical interval ``[low, high]`` is mapped onto [-1, 1].
+
+    ``linear``: ``2 (x - low) / (high - low) - 1`` (the default, and the map of every checkpoint written before
+    the mapping was recorded). ``log``: ``2 log1p((x - low) / s) / log1p((high - low) / s) - 1`` with
+    ``s = log_scale``: linear-like below ``s`` (fine steps for background uptake), logarithmic above (a high
+    ``high`` keeps tumour peaks without spending the range on them).
+    """
+
+    LINEAR = "linear"
+    LOG = "log"
 
 
 class ModalityKind(str, Enum):
@@ -42,12 +63,25 @@ class ModalitySpec:
         low: physical value mapped to -1 (e.g. -1000 HU for CT, 0 SUV for PET, 0 for a mask).
         high: physical value mapped to +1 (e.g. 1000 HU, 15 SUV, 1).
         unit: unit name for documentation and metadata (``"HU"``, ``"SUV"``, ``""``).
+        mapping: ``"linear"`` (default) or ``"log"`` (:class:`IntensityMapping`; images only).
+        log_scale: for ``"log"``: the physical distance above ``low`` where the map bends from linear to
+            logarithmic (e.g. 5 SUV); must be > 0.
+
+    Example:
+        >>> import torch
+        >>> pet = ModalitySpec("image", 0.0, 60.0, "SUV", mapping="log", log_scale=5.0)
+        >>> [round(v, 3) for v in pet.normalize(torch.tensor([0.0, 5.0, 60.0])).tolist()]
+        [-1.0, -0.46, 1.0]
+        >>> round(float(pet.denormalize(pet.normalize(torch.tensor([53.0])))), 3)
+        53.0
     """
 
     kind: ModalityKind | str = ModalityKind.IMAGE
     low: float = -1.0
     high: float = 1.0
     unit: str = ""
+    mapping: IntensityMapping | str = IntensityMapping.LINEAR
+    log_scale: float = 1.0
 
     def __post_init__(self) -> None:
         try:
@@ -59,6 +93,15 @@ class ModalitySpec:
         object.__setattr__(self, "kind", kind)
         if not float(self.high) > float(self.low):
             raise ValueError(f"ModalitySpec needs high > low, got low={self.low}, high={self.high}.")
+        try:
+            mapping = IntensityMapping(self.mapping)
+        except ValueError:
+            raise ValueError(
+                f"ModalitySpec mapping must be one of {[m.value for m in IntensityMapping]}, got {self.mapping!r}."
+            ) from None
+        object.__setattr__(self, "mapping", mapping)
+        if not float(self.log_scale) > 0:
+            raise ValueError(f"ModalitySpec log_scale must be > 0, got {self.log_scale!r}.")
 
     @property
     def is_mask(self) -> bool:
@@ -69,6 +112,10 @@ class ModalitySpec:
         if self.is_mask:
             return (x > 0.5).to(x.dtype if x.is_floating_point() else torch.float32) * 2.0 - 1.0
         x = x if x.is_floating_point() else x.float()
+        if self.mapping == IntensityMapping.LOG:
+            span = math.log1p((self.high - self.low) / self.log_scale)
+            rel = (x.clamp(self.low, self.high) - self.low) / self.log_scale
+            return (torch.log1p(rel) / span * 2.0 - 1.0).clamp(-1.0, 1.0)
         scaled = (x - self.low) / (self.high - self.low) * 2.0 - 1.0
         return scaled.clamp(-1.0, 1.0)
 
@@ -77,11 +124,18 @@ class ModalitySpec:
         if self.is_mask:
             return (x > 0).to(x.dtype if x.is_floating_point() else torch.float32)
         x = x if x.is_floating_point() else x.float()
+        if self.mapping == IntensityMapping.LOG:
+            span = math.log1p((self.high - self.low) / self.log_scale)
+            return torch.expm1((x.clamp(-1.0, 1.0) + 1.0) / 2.0 * span) * self.log_scale + self.low
         return (x.clamp(-1.0, 1.0) + 1.0) / 2.0 * (self.high - self.low) + self.low
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["kind"] = ModalityKind(self.kind).value
+        if self.mapping == IntensityMapping.LINEAR:  # the implicit map of older checkpoints: not written
+            del d["mapping"], d["log_scale"]
+        else:
+            d["mapping"] = IntensityMapping(self.mapping).value
         return d
 
 
@@ -90,6 +144,11 @@ DEFAULT_MODALITY_SPECS: dict[str, ModalitySpec] = {
     "pet": ModalitySpec(ModalityKind.IMAGE, 0.0, 15.0, "SUV"),
     "label": ModalitySpec(ModalityKind.MASK, 0.0, 1.0, ""),
 }
+
+#: Opt-in PET spec for real scans (docs/data.md): SUV 0-60 on a log map bending at 3 SUV, so tumour peaks (SUVmax
+#: up to 53 in the sarcoma patients) are kept instead of clipped at 15, while background uptake (SUV ~2) keeps the
+#: resolution of the default linear 0-15 map. Not the default: the phantom and the demo checkpoint use the linear map.
+PET_LOG_SPEC = ModalitySpec(ModalityKind.IMAGE, 0.0, 60.0, "SUV", mapping=IntensityMapping.LOG, log_scale=3.0)
 
 
 def resolve_specs(
