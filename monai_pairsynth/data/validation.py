@@ -46,6 +46,7 @@ __all__ = [
     "check_finite_features",
     "check_label_map",
     "check_label_values",
+    "check_matching_shapes",
     "check_pool_state",
     "check_ratio",
     "describe_key",
@@ -381,6 +382,38 @@ class ValidateCased(MapTransform):
         if self.reference_key in geometry:
             check_case_geometry(geometry, self.reference_key, self.mask_keys, names)
         return data
+
+
+# ---------------------------------------------------------------------------------------------- mixing
+def check_matching_shapes(
+    synthetic: Mapping[str, Any], reference: Mapping[Hashable, Any] | None, pool_shape: Any = None
+) -> None:
+    """Raise ``ValueError`` where a synthetic triplet's modality has another shape than the real sample's.
+
+    What :class:`~monai_pairsynth.mixing.SynthesizePairedd` checks before it replaces a sample: the message names
+    the key, both shapes and the pool's ``spatial_shape``.
+
+    Example:
+        >>> import torch
+        >>> check_matching_shapes({"ct": torch.zeros(1, 8, 8)}, {"ct": torch.zeros(1, 8, 8)})
+        >>> check_matching_shapes({"ct": torch.zeros(1, 8, 8)}, {"ct": torch.zeros(1, 4, 4)}, (8, 8))
+        Traceback (most recent call last):
+        ...
+        ValueError: the synthetic 'ct' has shape (1, 8, 8) (pool spatial_shape (8, 8)) but the sample's 'ct' has shape (1, 4, 4); build the pool with the pipeline's spatial size and one channel, or place the transform where the sample has the pool's shape.
+    """
+    if not reference:
+        return
+    for key, value in reference.items():
+        if key not in synthetic:
+            continue
+        got = tuple(int(s) for s in synthetic[key].shape)
+        want = tuple(int(s) for s in value.shape)
+        if got != want:
+            raise ValueError(
+                f"the synthetic {key!r} has shape {got} (pool spatial_shape {pool_shape}) but the sample's {key!r} "
+                f"has shape {want}; build the pool with the pipeline's spatial size and one channel, or place the "
+                "transform where the sample has the pool's shape."
+            )
 
 
 # ---------------------------------------------------------------------------------------------- pool files

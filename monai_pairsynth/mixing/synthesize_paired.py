@@ -37,6 +37,7 @@ from monai.data import MetaTensor
 from monai.transforms.transform import MapTransform, RandomizableTransform
 from monai.utils import TransformBackends
 
+from monai_pairsynth.data.validation import check_matching_shapes
 from monai_pairsynth.modalities import ModalitySpec
 
 from .pool_types import _is_out_of_memory
@@ -83,10 +84,6 @@ def _enum(enum_cls: type[Enum], value: Any, name: str) -> Any:
         return enum_cls(value)
     except ValueError:
         raise ValueError(f"{name} must be one of {[m.value for m in enum_cls]}, got {value!r}.") from None
-
-
-def _shape(x: Any) -> tuple[int, ...]:
-    return tuple(int(s) for s in x.shape)
 
 
 def _like(synthetic: MetaTensor, original: Any, key: Hashable) -> Any:
@@ -201,16 +198,7 @@ class SynthesizePaired(RandomizableTransform):
             self._seed = int(self.R.randint(2**31 - 1))
 
     def _check_shapes(self, triplet: Mapping[str, Any], reference: Mapping[Hashable, Any] | None) -> None:
-        if not reference:
-            return
-        for key, value in reference.items():
-            if key in triplet and _shape(triplet[key]) != _shape(value):
-                raise ValueError(
-                    f"the synthetic {key!r} has shape {_shape(triplet[key])} (pool spatial_shape "
-                    f"{getattr(self.pool, 'spatial_shape', None)}) but the sample's {key!r} has shape "
-                    f"{_shape(value)}; build the pool with the pipeline's spatial size and one channel, or "
-                    "place the transform where the sample has the pool's shape."
-                )
+        check_matching_shapes(triplet, reference, getattr(self.pool, "spatial_shape", None))
 
     def _seeded(self, reference: Mapping[Hashable, Any]) -> dict[str, MetaTensor]:
         device = torch.device(getattr(self.source, "device", "cpu"))
