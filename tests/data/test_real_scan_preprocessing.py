@@ -131,3 +131,27 @@ def test_real_patient_fov_and_grids(sts_data_dir):
         assert 0.0 < float(fov.mean()) < 0.9
         # outside the field of view the PET is zero uptake (bar the bilinear edge); the CT may extend beyond the PET
         assert float((s["pet"][0][fov == 0] == -1.0).float().mean()) > 0.95
+
+
+def test_log_map_is_recorded_in_the_checkpoint(tmp_path):
+    from monai_pairsynth.engines import read_paired_checkpoint, save_paired_checkpoint
+    from monai_pairsynth.networks import PairedDiffusionModel
+
+    model = PairedDiffusionModel(
+        ("ct", "pet", "label"),
+        channels=(8, 16),
+        attention_levels=(False, False),
+        norm_num_groups=4,
+        num_res_blocks=1,
+    )
+    specs = {
+        "ct": DEFAULT_MODALITY_SPECS["ct"],
+        "pet": PET_LOG_SPEC,
+        "label": DEFAULT_MODALITY_SPECS["label"],
+    }
+    path = save_paired_checkpoint(
+        tmp_path / "log.pt", model, modality_specs=specs, spatial_size=[16, 16], spacing=8.0
+    )
+    recorded = read_paired_checkpoint(path)["modality_specs"]
+    assert recorded["pet"]["mapping"] == "log" and "mapping" not in recorded["ct"]
+    assert resolve_specs(recorded) == specs
