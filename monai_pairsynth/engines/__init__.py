@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .clip_grad_norm_handler import ClipGradNormHandler
 from .device_triplet_loader import DeviceTripletLoader
-from .flat_parameters import FlatParameterAdamW, FlatParameterGroup, flatten_into_buffer
+from .flat_parameters import FlatParameterAdamW, FlatParameterGroup, GatherGradsHandler, flatten_into_buffer
 from .foreach_ema_handler import ForeachEMAHandler
 from .loss_components_handler import LOSS_COMPONENTS_KEY, LossComponentsHandler, paired_loss_output_transform
 from .paired_checkpoint import (
@@ -54,6 +54,7 @@ __all__ = [
     "FlatParameterAdamW",
     "FlatParameterGroup",
     "ForeachEMAHandler",
+    "GatherGradsHandler",
     "LinearLRWarmup",
     "LossComponentsHandler",
     "PairedCheckpointSaver",

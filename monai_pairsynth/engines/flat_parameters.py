@@ -18,6 +18,7 @@ plain AdamW).
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from typing import Any
 import torch
 from monai.engines.utils import IterationEvents
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FlatParameterAdamW",
@@ -51,6 +54,8 @@ class FlatParameterGroup:
     members: list[nn.Parameter]
     offsets: list[int]
     grad_views: list[torch.Tensor]
+    spare_grad: torch.Tensor | None = None  # the gradient buffer while detached by zero_grad (reused)
+    _warned_missing: bool = False
 
     def _member_at_offset(self, i: int, tensor: torch.Tensor | None, base: torch.Tensor) -> bool:
         return (
@@ -78,13 +83,33 @@ class FlatParameterGroup:
 
     @torch.no_grad()
     def gather_grads(self) -> None:
-        """Copy the members' gradients into ``flat.grad`` (missing ones: zero) and make them views of it."""
-        if self.flat.grad is None:
-            self.flat.grad = torch.zeros_like(self.flat)
-            self.grad_views = _views(self.flat.grad, self.members, self.offsets)
+        """Copy the members' gradients into ``flat.grad`` and make them views of it.
+
+        No member has a gradient (no backward since ``zero_grad``): ``flat.grad`` stays ``None`` and AdamW skips
+        the group, as it skips such parameters. Some members without one: their slots are zero (AdamW would skip
+        them; here momentum and weight decay still move them), with a warning the first time.
+        """
         if self.grads_gathered():
             return
         grads = [p.grad for p in self.members]
+        missing = sum(g is None for g in grads)
+        if missing == len(grads):
+            self.flat.grad = None
+            return
+        if self.flat.grad is None:
+            if self.spare_grad is None:
+                self.spare_grad = torch.empty_like(self.flat)
+                self.grad_views = _views(self.spare_grad, self.members, self.offsets)
+            self.flat.grad = self.spare_grad
+        if missing and not self._warned_missing:
+            self._warned_missing = True
+            logger.warning(
+                "%d of %d parameters of a flat parameter group have no gradient; they get a zero gradient (AdamW "
+                "would skip them, here momentum and weight decay still apply). Freeze parameters before building "
+                "the optimiser.",
+                missing,
+                len(grads),
+            )
         dst, src = [], []
         for view, g in zip(self.grad_views, grads):
             if g is None:
@@ -196,6 +221,10 @@ class FlatParameterAdamW(torch.optim.AdamW):
     - ``state_dict`` / ``load_state_dict`` use the per-parameter layout of a plain ``AdamW`` over the same
       groups, so checkpoints move freely between the two.
     - Build it after the model is on its device: moving the parameters afterwards raises at the next step.
+    - Under a ``GradScaler`` call :meth:`gather_grads` between ``backward`` and ``scaler.step`` (the trainer
+      does); a step without it is refused rather than run on stale gradients.
+    - The update writes the buffer, not the parameters, so autograd's "modified by an inplace operation" check
+      does not see a step taken between a forward and its backward.
 
     Example:
         >>> import torch
@@ -215,6 +244,15 @@ class FlatParameterAdamW(torch.optim.AdamW):
             groups = [{"params": groups}]
         self.flat_groups: list[FlatParameterGroup] = []
         flat_param_groups = []
+        seen: dict[int, int] = {}
+        for i, g in enumerate(groups):
+            for p in g["params"]:
+                if id(p) in seen:
+                    raise ValueError(
+                        f"a parameter of shape {tuple(p.shape)} appears in parameter groups {seen[id(p)]} and {i}; "
+                        "each parameter can live in one buffer only."
+                    )
+                seen[id(p)] = i
         for i, g in enumerate(groups):
             members = [p for p in g["params"]]
             if not members:
@@ -231,12 +269,18 @@ class FlatParameterAdamW(torch.optim.AdamW):
         each parameter a fresh tensor (gathered afterwards); ``False``: the buffer is zeroed and the gradients
         stay its views (the next backward then adds into them in place)."""
         for group in self.flat_groups:
-            if set_to_none:
+            if (
+                set_to_none
+            ):  # the buffer is detached too (kept for reuse): nothing stale for a GradScaler to read
                 for p in group.members:
                     p.grad = None
-            elif group.flat.grad is not None:
+                if group.flat.grad is not None:
+                    group.spare_grad = group.flat.grad
+                group.flat.grad = None
+            else:
                 group.gather_grads()
-                group.flat.grad.zero_()
+                if group.flat.grad is not None:
+                    group.flat.grad.zero_()
 
     def gather_grads(self) -> None:
         """Copy every parameter's gradient into its group's buffer (see :meth:`FlatParameterGroup.gather_grads`).
@@ -249,8 +293,15 @@ class FlatParameterAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        scaled = getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None
         for group in self.flat_groups:
             group.check_data()
+            if scaled and any(p.grad is not None for p in group.members) and not group.grads_gathered():
+                # a GradScaler checked (and unscaled) the buffers before their gradients were copied in
+                raise RuntimeError(
+                    "FlatParameterAdamW under a GradScaler: call optimizer.gather_grads() after backward() and before "
+                    "scaler.step(optimizer) (create_paired_trainer does it with GatherGradsHandler)."
+                )
             group.gather_grads()
         return super().step(closure)
 
@@ -290,6 +341,12 @@ class FlatParameterAdamW(torch.optim.AdamW):
         for g_idx, (saved, group) in enumerate(zip(saved_groups, self.flat_groups)):
             entries = [state_dict["state"].get(i) for i in saved["params"]]
             if all(e is not None for e in entries) and entries:
+                steps = {float(e["step"]) for e in entries if "step" in e}
+                if len(steps) > 1:
+                    raise ValueError(
+                        f"the optimiser state of group {g_idx} has different step counts {sorted(steps)} for its "
+                        "parameters; one buffer keeps one step count."
+                    )
                 merged: dict[str, Any] = {}
                 for key, value in entries[0].items():
                     if key != "step" and torch.is_tensor(value):

@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Engine
 from ignite.handlers import EMAHandler
 
-from .flat_parameters import flat_group_of, flatten_into_buffer
+from .flat_parameters import FlatParameterGroup, flat_group_of, flatten_into_buffer
 
 __all__ = ["ForeachEMAHandler"]
 
@@ -57,23 +57,25 @@ class ForeachEMAHandler(EMAHandler):
                     f"the EMA model has {len(ema_params)} parameter tensors and the model {len(online_params)}; "
                     "they must match."
                 )
-            ema, online = self._flat_pairs(ema_params, online_params)
+            ema, online, groups = self._flat_pairs(ema_params, online_params)
             ema_b, online_b = list(self.ema_model.buffers()), list(self.model.buffers())
-            self._cache = (ema, online, ema_b, online_b)
+            self._cache = (ema, online, ema_b, online_b, groups)
         return self._cache
 
     @staticmethod
     def _flat_pairs(
         ema_params: list[torch.nn.Parameter], online_params: list[torch.nn.Parameter]
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[FlatParameterGroup]]:
         """Tensor lists for the ``lerp``: where the online parameters live in contiguous buffers (see
         :class:`~monai_pairsynth.engines.FlatParameterAdamW`), the EMA model's matching parameters are moved into
         a buffer of the same layout and the update runs on the two buffers; other parameters go one by one."""
         position = {id(p): i for i, p in enumerate(online_params)}
-        ema, online, covered = [], [], set()
+        ema, online, groups = [], [], []
+        seen_buffers: set[int] = set()
+        covered: set[int] = set()  # indices into the parameter lists
         for p in online_params:
             group = flat_group_of(p)
-            if group is None or id(group.flat) in covered:
+            if group is None or id(group.flat) in seen_buffers:
                 continue
             idx = [position.get(id(m)) for m in group.members]
             if any(i is None for i in idx):  # the buffer holds parameters of another module too
@@ -83,18 +85,21 @@ class ForeachEMAHandler(EMAHandler):
                 continue
             ema.append(flatten_into_buffer(members, with_grad=False).flat.data)
             online.append(group.flat.data)
-            covered.add(id(group.flat))
+            groups.append(group)
+            seen_buffers.add(id(group.flat))
             covered.update(idx)  # type: ignore[arg-type]
         for i, (e, o) in enumerate(zip(ema_params, online_params)):
             if i not in covered:
                 ema.append(e.data)
                 online.append(o.data)
-        return ema, online
+        return ema, online, groups
 
     @torch.no_grad()
     def _update_ema_model(self, engine: Engine, name: str) -> None:
         momentum = float(getattr(engine.state, name))
-        ema, online, ema_buffers, online_buffers = self._lists()
+        ema, online, ema_buffers, online_buffers, groups = self._lists()
+        for group in groups:  # O(1) each: the online parameters must still live in the buffers lerped here
+            group.check_data()
         if ema:
             torch._foreach_lerp_(ema, online, momentum)
         if self.handle_buffers == "ema_train":

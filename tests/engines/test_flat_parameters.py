@@ -67,7 +67,8 @@ def test_flatten_keeps_values_and_modules_and_accumulates_gradients_in_place():
     assert group.flat.numel() == sum(b.numel() for b in before)
     x = torch.randn(2, 3)
     net(x).sum().backward()
-    net(x).sum().backward()  # accumulates
+    net(x).sum().backward()  # accumulates in the parameters' own gradients
+    group.gather_grads()  # one copy into the buffer
     ref = two_layer()
     ref(x).sum().backward()
     expected = torch.cat([p.grad.reshape(-1) for p in ref.parameters()]) * 2
@@ -164,6 +165,7 @@ def test_ema_and_clipping_run_on_the_buffers_and_equal_the_per_tensor_versions()
         m: torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in online.denoisers[m].parameters()]))
         for m in MODS
     }
+    opt.gather_grads()  # (the clipping handler does this first)
     norms = _clip_groups({g["modality"]: g["params"] for g in opt.param_groups}, 1.0, 2.0, True)
     for m in MODS:
         assert torch.allclose(norms[m], per_tensor[m], rtol=1e-5)
@@ -234,3 +236,71 @@ def test_gradient_accumulation_over_two_backwards_lands_in_the_buffer(set_to_non
     assert torch.allclose(got, expected, atol=1e-6)
     for a, b in zip(net.parameters(), ref.parameters()):
         assert torch.allclose(a, b, atol=1e-7, rtol=0)
+
+
+def test_grad_scaler_without_gather_is_refused_and_with_gather_skips_the_inf_step():
+    """Review finding: a GradScaler must not unscale/check stale buffers; with gather_grads it works like AdamW."""
+    for gather in (True, False):
+        net, ref = two_layer(), two_layer()
+        opt = FlatParameterAdamW(groups_of(net), fused=True)
+        ref_opt = torch.optim.AdamW(groups_of(ref), fused=True)
+        scalers = [torch.amp.GradScaler("cpu", init_scale=4.0) for _ in range(2)]
+        x = torch.randn(5, 3)
+        raised = False
+        for step in range(3):
+            for model, o, scaler in ((net, opt, scalers[0]), (ref, ref_opt, scalers[1])):
+                o.zero_grad(set_to_none=True)
+                loss = model(x).pow(2).mean() * (float("inf") if step == 1 else 1.0)
+                scaler.scale(loss).backward()
+                if o is opt and gather:
+                    opt.gather_grads()
+                try:
+                    scaler.step(o)
+                except RuntimeError as err:
+                    assert o is opt and not gather and "gather_grads" in str(err)
+                    raised = True
+                    break
+                scaler.update()
+            if raised:
+                break
+        if gather:
+            for a, b in zip(net.parameters(), ref.parameters()):
+                assert torch.isfinite(a).all() and torch.allclose(a, b, atol=1e-6)
+        else:
+            assert raised
+
+
+def test_no_backward_means_no_update_and_duplicates_and_mixed_step_counts_are_refused():
+    net = two_layer()
+    opt = FlatParameterAdamW(groups_of(net), lr=0.1, weight_decay=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.zero_grad(set_to_none=True)
+    opt.step()  # no gradient anywhere: AdamW skips every parameter, so does the flat version
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before))
+    shared = two_layer()
+    with pytest.raises(ValueError, match="appears in parameter groups 0 and 1"):
+        FlatParameterAdamW([{"params": list(shared.parameters())}, {"params": [shared[0].weight]}])
+    plain_net = two_layer()
+    plain = torch.optim.AdamW(groups_of(plain_net))
+    plain_net(torch.randn(2, 3)).sum().backward()
+    plain.step()
+    plain_net[0].bias.grad = None  # this one is skipped by AdamW: its step count falls behind
+    plain_net(torch.randn(2, 3)).sum().backward()
+    plain_net[0].bias.grad = None
+    plain.step()
+    flat = FlatParameterAdamW(groups_of(two_layer()))
+    with pytest.raises(ValueError, match="different step counts"):
+        flat.load_state_dict(plain.state_dict())
+
+
+def test_ema_refuses_buffers_the_model_no_longer_lives_in():
+    online = tiny_model()
+    first = create_paired_optimizer(online, flat_buffers=True)  # kept alive, as by a trainer
+    ema = ForeachEMAHandler(online, 0.5)
+    engine = Engine(lambda e, b: None)
+    ema.attach(engine)
+    engine.run(range(1), max_epochs=1)
+    create_paired_optimizer(online, flat_buffers=True)  # the parameters move into new buffers
+    with pytest.raises(RuntimeError, match="moved or replaced"):
+        engine.run(range(1), max_epochs=2)
+    assert first.flat_groups
