@@ -27,6 +27,15 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one intra-op thread, and a test that changes it does not leak its choice."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sts_data_dir():
     """The real FDG-PET/CT sarcoma patients (``benchmarks/real_data.py``: ``$MONAI_PAIRSYNTH_STS_DIR`` or

@@ -17,14 +17,6 @@ sys.path.insert(0, str(BENCHMARKS))  # benchmarks/ holds scripts, not a package
 import convergence  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------- metric helpers
 def test_empty_mask_rate():
     label = torch.zeros(4, 1, 8, 8)

@@ -16,14 +16,6 @@ import training_iteration  # noqa: E402
 import training_throughput  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_training_throughput_runs_and_reports(tmp_path, capsys):
     out = tmp_path / "t.json"
     rows = training_throughput.main(

@@ -27,15 +27,6 @@ MODS = ("ct", "pet", "label")
 TINY = {"channels": (8, 16), "attention_levels": (False, False), "norm_num_groups": 4, "num_head_channels": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the build machine's 2 cores are shared: one intra-op thread keeps these tiny runs fast and stable
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_model(seed=0, **kwargs):
     torch.manual_seed(seed)
     return PairedDiffusionModel(MODS, **{**TINY, **kwargs})

@@ -45,14 +45,6 @@ SMALL_RUN_CLI = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_phantom_dataset_is_normalised():
     ds = build_training_dataset(num_cases=2, spatial_size=(16, 16), spacing=16.0)
     sample = ds[1]

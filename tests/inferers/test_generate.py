@@ -22,15 +22,6 @@ from monai_pairsynth.networks import PairedDiffusionModel
 KEYS = ("ct", "pet", "label")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine has 2 shared cores: oversubscribed intra-op threads make tiny convolutions 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)

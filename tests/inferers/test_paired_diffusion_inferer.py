@@ -20,15 +20,6 @@ SCHEDULERS = ["ddpm", "ddim", "dpmpp"]
 KEYS = ("ct", "pet", "label")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the test machine has 2 shared cores: oversubscribed intra-op threads make tiny convolutions 10x slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every parameter (also the zero-initialised output and conditional projections) small random
     values, so that each prediction depends on all modalities' inputs."""

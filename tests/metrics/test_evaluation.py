@@ -15,15 +15,6 @@ from monai_pairsynth.quality import build_feature_segmenter, save_feature_segmen
 KEYS = ("ct", "pet", "label")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: oversubscribed intra-op threads make tiny convolutions much slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_network():
     torch.manual_seed(0)

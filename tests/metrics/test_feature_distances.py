@@ -12,15 +12,6 @@ from monai_pairsynth.metrics import extract_global_features, feature_fid, median
 from monai_pairsynth.quality import build_feature_segmenter
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # 2 shared cores: oversubscribed intra-op threads make tiny convolutions much slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gaussian(n: int, f: int, seed: int) -> torch.Tensor:
     return torch.randn(n, f, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 

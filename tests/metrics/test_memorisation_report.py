@@ -10,14 +10,6 @@ from monai_pairsynth.metrics import extract_global_features, memorisation_report
 from monai_pairsynth.quality import build_feature_segmenter
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def feature_sets():
     torch.manual_seed(0)

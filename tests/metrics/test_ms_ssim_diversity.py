@@ -9,14 +9,6 @@ from monai_pairsynth.data import make_phantom_case
 from monai_pairsynth.metrics import MS_SSIM_WEIGHTS, diversity_report, ms_ssim, pairwise_ms_ssim
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _phantoms(n: int, size: int, base: int = 0) -> list[dict]:
     return [make_phantom_case(base + s, spatial_size=(size, size), spacing=256.0 / size) for s in range(n)]
 
