@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from monai_pairsynth.metrics.phantom_reference import PHANTOM_VARIANTS, _markdown, phantom_reference_table
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[2] / "benchmarks")
+)  # a benchmark script, not the package
+from phantom_reference import PHANTOM_VARIANTS, _markdown, phantom_reference_table
 
 
 @pytest.mark.slow

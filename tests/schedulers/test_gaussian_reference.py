@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from monai_pairsynth.schedulers import make_scheduler
-from monai_pairsynth.schedulers.gaussian_reference import exact_flow, gaussian_model_output, main, run_sampler
+
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[2] / "benchmarks")
+)  # a benchmark script, not the package
+from gaussian_reference import exact_flow, gaussian_model_output, main, run_sampler
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])

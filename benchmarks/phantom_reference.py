@@ -6,7 +6,7 @@ real training cases, one case repeated, masks swapped between cases, a CT flippe
 intensities). Each set is scored by :func:`monai_pairsynth.metrics.evaluation.evaluate` against the same real set with
 one feature segmenter trained on that real set. ``docs/metrics.md`` shows the table this prints::
 
-    python -m monai_pairsynth.metrics.phantom_reference --num-real 32 --num-synthetic 32 --size 128
+    python benchmarks/phantom_reference.py --num-real 32 --num-synthetic 32 --size 128
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from typing import Any
 import torch
 
 from monai_pairsynth.data import make_phantom_case
+from monai_pairsynth.metrics.evaluation import evaluate
 from monai_pairsynth.quality import train_feature_segmenter
-
-from .evaluation import evaluate
 
 __all__ = ["PHANTOM_VARIANTS", "main", "phantom_reference_table"]
 

@@ -7,7 +7,7 @@ When every element of the data is independent N(mean, std^2), the ideal model is
     E[x_0 | x_t] = mean + alpha_t std^2 (x_t - alpha_t mean) / (alpha_t^2 std^2 + sigma_t^2)
 
 and the probability-flow ODE keeps z = (x_t - alpha_t mean) / sqrt(alpha_t^2 std^2 + sigma_t^2) constant, so
-its exact solution from any start is known. ``python -m monai_pairsynth.schedulers.gaussian_reference``
+its exact solution from any start is known. ``python benchmarks/gaussian_reference.py``
 prints how close each sampler gets (the table in ``docs/schedulers.md``).
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 
-from .factory import make_scheduler
+from monai_pairsynth.schedulers import make_scheduler
 
 __all__ = ["exact_flow", "gaussian_model_output", "run_sampler"]
 
