@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
 from monai.engines import SupervisedTrainer
-from monai.handlers import StatsHandler
+from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
@@ -206,6 +207,182 @@ def _train_unless_already(self: nn.Module, mode: bool = True) -> nn.Module:
     return self
 
 
+def _check_trainer_arguments(
+    model: nn.Module,
+    max_epochs: int,
+    log_every: int,
+    lr_warmup_iters: int,
+    max_minutes: float | None,
+    device: str | torch.device | None,
+    amp: bool,
+    modality_specs: Sequence[str] | Mapping[str, ModalitySpec | Mapping[str, Any]] | None,
+    tensorboard: bool | None,
+    output_dir: str | os.PathLike | None,
+) -> tuple[torch.device, tuple[str, ...], dict[str, ModalitySpec]]:
+    """:func:`create_paired_trainer`'s argument checks (before anything is built); returns the device, the
+    model's modalities and their resolved specs."""
+    for attr in ("modalities", "denoisers", "get_config"):
+        if not hasattr(model, attr):
+            raise ValueError(
+                f"model must be a PairedDiffusionModel (missing {attr!r}), got {type(model).__name__}."
+            )
+    if isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1:
+        raise ValueError(f"max_epochs must be an int >= 1, got {max_epochs!r}.")
+    if isinstance(log_every, bool) or int(log_every) != log_every or log_every < 0:
+        raise ValueError(f"log_every must be an int >= 0, got {log_every!r}.")
+    if isinstance(lr_warmup_iters, bool) or int(lr_warmup_iters) != lr_warmup_iters or lr_warmup_iters < 0:
+        raise ValueError(f"lr_warmup_iters must be an int >= 0, got {lr_warmup_iters!r}.")
+    if max_minutes is not None and (isinstance(max_minutes, bool) or not float(max_minutes) > 0):
+        raise ValueError(f"max_minutes must be a positive number of minutes or None, got {max_minutes!r}.")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if amp and device.type != "cuda":
+        raise ValueError(
+            f"amp=True needs a CUDA device (MONAI autocasts on 'cuda'); got device {str(device)!r}."
+        )
+    modalities = tuple(model.modalities)
+    specs = resolve_specs(modality_specs if modality_specs is not None else modalities)
+    if set(specs) != set(modalities):
+        raise ValueError(
+            f"modality_specs name {sorted(specs)}, but the model has modalities {list(modalities)}; they must match."
+        )
+    if tensorboard and not _tensorboard_available():
+        raise ValueError(
+            "tensorboard=True, but the 'tensorboard' package is not importable: pip install tensorboard."
+        )
+    if tensorboard and output_dir is None:
+        raise ValueError("tensorboard=True needs output_dir for its log folder.")
+    return device, modalities, specs
+
+
+def _logging_handlers(
+    stats_log: bool, log_every: int, show_progress: bool, tensorboard: bool | None, output_dir: Any
+) -> list[Any]:
+    """The trainer's MONAI ``StatsHandler`` (per epoch; per ``log_every`` iterations without a progress bar)
+    and, where asked for or available with an ``output_dir``, its ``TensorBoardStatsHandler``."""
+    out: list[Any] = []
+    if stats_log:
+        iteration_log: Any = False
+        if log_every > 0 and not show_progress:
+            iteration_log = lambda engine, it: it % log_every == 0  # noqa: E731
+        out.append(
+            StatsHandler(
+                iteration_log=iteration_log,
+                output_transform=paired_loss_output_transform,
+                name=STATS_LOGGER_NAME,
+                tag_name="loss",
+            )
+        )
+    use_tb = bool(tensorboard) or (
+        tensorboard is None and output_dir is not None and _tensorboard_available()
+    )
+    if use_tb:
+        out.append(
+            TensorBoardStatsHandler(
+                log_dir=str(Path(output_dir) / "tensorboard"),  # type: ignore[arg-type]
+                output_transform=paired_loss_output_transform,
+                tag_name="loss",
+            )
+        )
+    return out
+
+
+def _resume(
+    trainer: SupervisedTrainer,
+    optimizer: torch.optim.Optimizer,
+    resume_from: str | os.PathLike,
+    sched_cfg: Mapping[str, Any],
+    ema_handler: ForeachEMAHandler | None,
+    prepare_batch: PairedDiffusionPrepareBatch,
+    data_generator: torch.Generator | None,
+) -> None:
+    """Continue ``trainer`` from the checkpoint ``resume_from`` (same noise scheduler required), keeping this
+    run's optimiser kernel choice."""
+    ckpt = read_paired_checkpoint(resume_from)
+    saved_sched = ckpt.get("noise_scheduler") or {}
+    if saved_sched != sched_cfg:
+        raise ValueError(
+            f"resume_from {str(resume_from)!r} was trained with noise scheduler {saved_sched}, "
+            f"this trainer uses {sched_cfg}."
+        )
+    kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    restore_paired_training(
+        trainer, ckpt, ema_handler=ema_handler, prepare_batch=prepare_batch, data_generator=data_generator
+    )
+    # load_state_dict restores the saved groups' options, kernel choice included: keep this run's choice
+    for group, kernel in zip(optimizer.param_groups, kernels):
+        group.update(kernel)
+    logger.info("resumed from %s at epoch %d", resume_from, trainer.state.epoch)
+
+
+def _attach_run_handlers(
+    trainer: SupervisedTrainer,
+    model: nn.Module,
+    train_data_loader: Iterable,
+    max_minutes: float | None,
+    lr_warmup_iters: int,
+    ema_handler: ForeachEMAHandler | None,
+    saver: PairedCheckpointSaver | None,
+    show_progress: bool,
+) -> None:
+    """What :func:`create_paired_trainer` attaches after building the ``SupervisedTrainer``, in this order:
+    time limit, lr warm-up, the loader's epoch, the ``train()`` skip, EMA, checkpoints (after EMA), progress."""
+    if max_minutes is not None:
+        EpochTimeLimit(float(max_minutes) * 60.0).attach(trainer)
+    if lr_warmup_iters:
+        LinearLRWarmup(int(lr_warmup_iters)).attach(trainer)
+    if hasattr(train_data_loader, "set_epoch") and not isinstance(
+        train_data_loader, torch.utils.data.DataLoader
+    ):
+        # e.g. DeviceTripletLoader: its order and augmentation are functions of (seed, epoch), so resume is exact
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_data_loader.set_epoch(e.state.epoch))
+    skip_redundant_train_calls(model)
+    if ema_handler is not None:
+        ema_handler.attach(trainer, name="ema_momentum")
+    if saver is not None:
+        saver.attach(trainer)  # after EMA: an epoch's checkpoint holds the EMA of its last iteration
+    if show_progress:
+        ProgressBar(persist=False).attach(
+            trainer, output_transform=lambda out: {"loss": paired_loss_output_transform(out).get("loss")}
+        )
+
+
+def _noise_parts(
+    modalities: Sequence[str],
+    noise_scheduler: Mapping[str, Any] | None,
+    offset_noise_scale: float,
+    generator: torch.Generator | None,
+    autocast_dtype: torch.dtype | str | None,
+    compile_network: bool,
+) -> tuple[dict[str, Any], DDPMScheduler, PairedDiffusionPrepareBatch, PairedNoiseInferer]:
+    """The noise scheduler (config and object), the prepare-batch that noises the batch and the training inferer."""
+    sched_cfg = noise_scheduler_config(**dict(noise_scheduler or {}))
+    scheduler = create_noise_scheduler(sched_cfg)
+    prepare_batch = PairedDiffusionPrepareBatch(
+        modalities,
+        sched_cfg["num_train_timesteps"],
+        offset_noise_scale=offset_noise_scale,
+        generator=generator,
+        prediction_type=sched_cfg["prediction_type"],
+        scheduler=scheduler,
+    )
+    # the data is validated where it enters (prepare_batch on CPU batches, DeviceTripletLoader once), so the
+    # model's own NaN/Inf check, a host sync on a GPU, is off in training
+    inferer = PairedNoiseInferer(
+        scheduler, autocast_dtype=autocast_dtype, check_finite=False, compile_network=compile_network
+    )
+    return sched_cfg, scheduler, prepare_batch, inferer
+
+
+def _default_optimizer(
+    model: nn.Module, lr: float | Mapping[str, float], weight_decay: float | Mapping[str, float]
+) -> torch.optim.Optimizer:
+    """Per-modality AdamW with one contiguous buffer per denoiser (optimiser, clipping and EMA on ~3 tensors
+    instead of ~930); under torch.distributed the parameters stay as they are, for DistributedDataParallel's own
+    gradient buckets."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return create_paired_optimizer(model, lr=lr, weight_decay=weight_decay, flat_buffers=not distributed)
+
+
 def create_paired_trainer(
     model: nn.Module,
     train_data_loader: Iterable,
@@ -320,52 +497,22 @@ def create_paired_trainer(
     Returns:
         the trainer; ``trainer.paired`` is a :class:`PairedTrainingParts` (EMA model, loss, saver, ...).
     """
-    for attr in ("modalities", "denoisers", "get_config"):
-        if not hasattr(model, attr):
-            raise ValueError(
-                f"model must be a PairedDiffusionModel (missing {attr!r}), got {type(model).__name__}."
-            )
-    if isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1:
-        raise ValueError(f"max_epochs must be an int >= 1, got {max_epochs!r}.")
-    if isinstance(log_every, bool) or int(log_every) != log_every or log_every < 0:
-        raise ValueError(f"log_every must be an int >= 0, got {log_every!r}.")
-    if isinstance(lr_warmup_iters, bool) or int(lr_warmup_iters) != lr_warmup_iters or lr_warmup_iters < 0:
-        raise ValueError(f"lr_warmup_iters must be an int >= 0, got {lr_warmup_iters!r}.")
-    if max_minutes is not None and (isinstance(max_minutes, bool) or not float(max_minutes) > 0):
-        raise ValueError(f"max_minutes must be a positive number of minutes or None, got {max_minutes!r}.")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if amp and device.type != "cuda":
-        raise ValueError(
-            f"amp=True needs a CUDA device (MONAI autocasts on 'cuda'); got device {str(device)!r}."
-        )
-    modalities = tuple(model.modalities)
-    specs = resolve_specs(modality_specs if modality_specs is not None else modalities)
-    if set(specs) != set(modalities):
-        raise ValueError(
-            f"modality_specs name {sorted(specs)}, but the model has modalities {list(modalities)}; they must match."
-        )
-    if tensorboard and not _tensorboard_available():
-        raise ValueError(
-            "tensorboard=True, but the 'tensorboard' package is not importable: pip install tensorboard."
-        )
-    if tensorboard and output_dir is None:
-        raise ValueError("tensorboard=True needs output_dir for its log folder.")
+    device, modalities, specs = _check_trainer_arguments(
+        model,
+        max_epochs,
+        log_every,
+        lr_warmup_iters,
+        max_minutes,
+        device,
+        amp,
+        modality_specs,
+        tensorboard,
+        output_dir,
+    )
 
     model = model.to(device)
-    sched_cfg = noise_scheduler_config(**dict(noise_scheduler or {}))
-    scheduler = create_noise_scheduler(sched_cfg)
-    prepare_batch = PairedDiffusionPrepareBatch(
-        modalities,
-        sched_cfg["num_train_timesteps"],
-        offset_noise_scale=offset_noise_scale,
-        generator=generator,
-        prediction_type=sched_cfg["prediction_type"],
-        scheduler=scheduler,
-    )
-    # the data is validated where it enters (prepare_batch on CPU batches, DeviceTripletLoader once), so the
-    # model's own NaN/Inf check, a host sync on a GPU, is off in training
-    inferer = PairedNoiseInferer(
-        scheduler, autocast_dtype=autocast_dtype, check_finite=False, compile_network=compile_network
+    sched_cfg, scheduler, prepare_batch, inferer = _noise_parts(
+        modalities, noise_scheduler, offset_noise_scale, generator, autocast_dtype, compile_network
     )
     if loss_function is None:
         loss_function = PairedDiffusionLoss(
@@ -381,12 +528,7 @@ def create_paired_trainer(
         )
     loss_function = loss_function.to(device)
     if optimizer is None:
-        # one contiguous buffer per denoiser (optimiser, clipping and EMA on ~3 tensors instead of ~930); under
-        # torch.distributed the parameters stay as they are, for DistributedDataParallel's own gradient buckets
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        optimizer = create_paired_optimizer(
-            model, lr=lr, weight_decay=weight_decay, flat_buffers=not distributed
-        )
+        optimizer = _default_optimizer(model, lr, weight_decay)
     if data_generator is None:
         data_generator = getattr(train_data_loader, "generator", None)
 
@@ -433,31 +575,7 @@ def create_paired_trainer(
             keep_epoch_files=keep_epoch_checkpoints,
         )
     show_progress = sys.stderr.isatty() if progress_bar is None else bool(progress_bar)
-    if stats_log:
-        iteration_log: Any = False
-        if log_every > 0 and not show_progress:
-            iteration_log = lambda engine, it: it % log_every == 0  # noqa: E731
-        handlers.append(
-            StatsHandler(
-                iteration_log=iteration_log,
-                output_transform=paired_loss_output_transform,
-                name=STATS_LOGGER_NAME,
-                tag_name="loss",
-            )
-        )
-    use_tb = bool(tensorboard) or (
-        tensorboard is None and output_dir is not None and _tensorboard_available()
-    )
-    if use_tb:
-        from monai.handlers import TensorBoardStatsHandler
-
-        handlers.append(
-            TensorBoardStatsHandler(
-                log_dir=str(Path(output_dir) / "tensorboard"),  # type: ignore[arg-type]
-                output_transform=paired_loss_output_transform,
-                tag_name="loss",
-            )
-        )
+    handlers.extend(_logging_handlers(stats_log, log_every, show_progress, tensorboard, output_dir))
     handlers.extend(extra_handlers or [])
 
     trainer = SupervisedTrainer(
@@ -476,26 +594,9 @@ def create_paired_trainer(
         decollate=False,
         optim_set_to_none=True,
     )
-    if max_minutes is not None:
-        EpochTimeLimit(float(max_minutes) * 60.0).attach(trainer)
-    if lr_warmup_iters:
-        LinearLRWarmup(int(lr_warmup_iters)).attach(trainer)
-    if hasattr(train_data_loader, "set_epoch") and not isinstance(
-        train_data_loader, torch.utils.data.DataLoader
-    ):
-        # e.g. DeviceTripletLoader: its order and augmentation are functions of (seed, epoch), so resume is exact
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_data_loader.set_epoch(e.state.epoch))
-    skip_redundant_train_calls(model)
-    if ema_handler is not None:
-        ema_handler.attach(trainer, name="ema_momentum")
-    if saver is not None:
-        saver.attach(trainer)  # after EMA: an epoch's checkpoint holds the EMA of its last iteration
-    if show_progress:
-        from ignite.handlers import ProgressBar
-
-        ProgressBar(persist=False).attach(
-            trainer, output_transform=lambda out: {"loss": paired_loss_output_transform(out).get("loss")}
-        )
+    _attach_run_handlers(
+        trainer, model, train_data_loader, max_minutes, lr_warmup_iters, ema_handler, saver, show_progress
+    )
     trainer.paired = PairedTrainingParts(  # type: ignore[attr-defined]
         model=model,
         noise_scheduler=scheduler,
@@ -513,19 +614,5 @@ def create_paired_trainer(
         data_generator=data_generator,
     )
     if resume_from is not None:
-        ckpt = read_paired_checkpoint(resume_from)
-        saved_sched = ckpt.get("noise_scheduler") or {}
-        if saved_sched != sched_cfg:
-            raise ValueError(
-                f"resume_from {str(resume_from)!r} was trained with noise scheduler {saved_sched}, "
-                f"this trainer uses {sched_cfg}."
-            )
-        kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
-        restore_paired_training(
-            trainer, ckpt, ema_handler=ema_handler, prepare_batch=prepare_batch, data_generator=data_generator
-        )
-        # load_state_dict restores the saved groups' options, kernel choice included: keep this run's choice
-        for group, kernel in zip(optimizer.param_groups, kernels):
-            group.update(kernel)
-        logger.info("resumed from %s at epoch %d", resume_from, trainer.state.epoch)
+        _resume(trainer, optimizer, resume_from, sched_cfg, ema_handler, prepare_batch, data_generator)
     return trainer
