@@ -21,8 +21,17 @@ from monai.data.utils import set_rnd
 from monai.transforms import Compose
 from monai.utils import set_determinism
 
+from monai_pairsynth.data import (
+    NormalizeModalitiesd,
+    PhantomDataset,
+    augmentation_transforms,
+    load_datalist_json,
+    preprocess_datalist,
+    preprocessing_transforms,
+)
 from monai_pairsynth.losses import PerceptualMode
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+from monai_pairsynth.networks import PairedDiffusionModel
 from monai_pairsynth.utils import atomic_write_json
 
 from .device_triplet_loader import DeviceTripletLoader
@@ -89,15 +98,6 @@ def build_training_dataset(
         data_summary: for files, a dict that receives ``cases``, ``samples`` and ``empty_cases`` (ids of cases
             that gave no slice, also logged), for the run's summary.
     """
-    from monai_pairsynth.data import (
-        NormalizeModalitiesd,
-        PhantomDataset,
-        augmentation_transforms,
-        load_datalist_json,
-        preprocess_datalist,
-        preprocessing_transforms,
-    )
-
     specs = resolve_specs(modality_specs)
     keys = list(specs)
     random_part = [augmentation_transforms(keys, spatial_dims=spatial_dims, specs=specs)] if augment else []
@@ -144,6 +144,100 @@ def build_training_dataset(
     if cache:
         return CacheDataset(base, transform=transform, progress=False, copy_cache=bool(random_part))
     return Dataset(base, transform=transform)
+
+
+def _run_and_summarise(
+    trainer: Any,
+    output_dir: Path,
+    run_config: Mapping[str, Any],
+    batch_size: int,
+    device: torch.device,
+    data_summary: Mapping[str, Any],
+) -> Path:
+    """Run ``trainer`` (``run_config.json`` first), time every step from its batch fetch, write ``summary.json``
+    and return the checkpoint path."""
+    step_times: list[tuple[float, float]] = []  # (wall, process CPU) seconds per iteration
+    tic: list[float] = [0.0, 0.0]
+
+    @trainer.on(Events.GET_BATCH_STARTED)  # the step time covers the batch fetch too
+    def _tic(engine: Any) -> None:
+        tic[:] = [time.perf_counter(), time.process_time()]
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _toc(engine: Any) -> None:
+        step_times.append((time.perf_counter() - tic[0], time.process_time() - tic[1]))
+
+    atomic_write_json(output_dir / "run_config.json", run_config)
+    trainer.run()
+    steady = step_times[1:] if len(step_times) > 1 else step_times
+    summary = {
+        "epochs": int(trainer.state.epoch),
+        "iterations": int(trainer.state.iteration),
+        "iterations_this_run": len(step_times),
+        "seconds_per_iteration": sum(w for w, _ in steady) / max(len(steady), 1),
+        "cpu_seconds_per_iteration": sum(c for _, c in steady) / max(len(steady), 1),
+        "batch_size": batch_size,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "last_epoch_metrics": {k: float(v) for k, v in trainer.state.metrics.items()},
+        "checkpoint": str(trainer.paired.checkpoint_saver.last_path),
+    }
+    if data_summary:  # files: how many cases and slices, and which cases gave none (empty masks)
+        summary["data"] = data_summary
+    atomic_write_json(output_dir / "summary.json", summary)
+    logger.info(
+        "trained %d iterations, %.3f s per step; checkpoint %s",
+        len(step_times),
+        summary["seconds_per_iteration"],
+        summary["checkpoint"],
+    )
+    return Path(summary["checkpoint"])
+
+
+def _build_model(
+    modalities: Sequence[str],
+    spatial_dims: int,
+    model_kwargs: Mapping[str, Any] | None,
+    spatial_size: Sequence[int] | None,
+) -> PairedDiffusionModel:
+    """The linked model for :func:`train_paired_diffusion` (CPU-default widths unless ``model_kwargs``), checked
+    against the data's spatial size."""
+    kwargs = dict(DEFAULT_CPU_MODEL_KWARGS if model_kwargs is None else model_kwargs)
+    for reserved in ("modalities", "spatial_dims"):
+        if reserved in kwargs:
+            raise ValueError(f"model_kwargs must not set {reserved!r}: it comes from the data.")
+    model = PairedDiffusionModel(modalities, spatial_dims=spatial_dims, **kwargs)
+    factor = int(getattr(model, "downsample_factor", 1))
+    if spatial_size is not None and any(int(s) % factor for s in spatial_size[:spatial_dims]):
+        raise ValueError(
+            f"spatial_size {tuple(spatial_size)} is not divisible by {factor}, the UNet's downsampling factor for "
+            f"channels {tuple(kwargs.get('channels', ()))}; pick a multiple of {factor}."
+        )
+    return model
+
+
+def _training_loader(
+    dataset: Any,
+    batch_size: int,
+    specs: Mapping[str, ModalitySpec],
+    device: torch.device,
+    seed: int,
+    augment: bool,
+    device_loader: bool,
+    num_workers: int,
+) -> Any:
+    """A :class:`DeviceTripletLoader` (slices on the device, batched augmentation) or a seeded DataLoader."""
+    if device_loader:
+        return DeviceTripletLoader.from_samples(
+            dataset,
+            batch_size,
+            modality_specs=specs,
+            device=device,
+            seed=seed,
+            augment=augment,
+            drop_last=False,
+        )
+    return paired_data_loader(dataset, batch_size=batch_size, seed=seed, num_workers=num_workers)
 
 
 def train_paired_diffusion(
@@ -235,7 +329,6 @@ def train_paired_diffusion(
     Returns:
         path of ``checkpoint.pt`` (EMA and online weights, optimiser, configs).
     """
-    from monai_pairsynth.networks import PairedDiffusionModel
 
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}.")
@@ -250,17 +343,7 @@ def train_paired_diffusion(
         set_determinism(seed=seed)
     torch.manual_seed(seed)
 
-    kwargs = dict(DEFAULT_CPU_MODEL_KWARGS if model_kwargs is None else model_kwargs)
-    for reserved in ("modalities", "spatial_dims"):
-        if reserved in kwargs:
-            raise ValueError(f"model_kwargs must not set {reserved!r}: it comes from the data.")
-    model = PairedDiffusionModel(modalities, spatial_dims=spatial_dims, **kwargs)
-    factor = int(getattr(model, "downsample_factor", 1))
-    if spatial_size is not None and any(int(s) % factor for s in spatial_size[:spatial_dims]):
-        raise ValueError(
-            f"spatial_size {tuple(spatial_size)} is not divisible by {factor}, the UNet's downsampling factor for "
-            f"channels {tuple(kwargs.get('channels', ()))}; pick a multiple of {factor}."
-        )
+    model = _build_model(modalities, spatial_dims, model_kwargs, spatial_size)
 
     data_summary: dict[str, Any] = {}
     dataset = build_training_dataset(
@@ -275,18 +358,7 @@ def train_paired_diffusion(
         augment=augment and not device_loader,
         data_normalized=data_normalized,
     )
-    if device_loader:
-        loader: Any = DeviceTripletLoader.from_samples(
-            dataset,
-            batch_size,
-            modality_specs=specs,
-            device=device,
-            seed=seed,
-            augment=augment,
-            drop_last=False,
-        )
-    else:
-        loader = paired_data_loader(dataset, batch_size=batch_size, seed=seed, num_workers=num_workers)
+    loader = _training_loader(dataset, batch_size, specs, device, seed, augment, device_loader, num_workers)
     first = dataset[0]
     trained_size = [int(s) for s in first[modalities[0]].shape[1:]]
     generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -364,39 +436,4 @@ def train_paired_diffusion(
         def _reseed_transforms(engine: Any) -> None:
             set_rnd(dataset, seed=seed * 100_003 + engine.state.epoch)
 
-    step_times: list[tuple[float, float]] = []  # (wall, process CPU) seconds per iteration
-    tic: list[float] = [0.0, 0.0]
-
-    @trainer.on(Events.GET_BATCH_STARTED)  # the step time covers the batch fetch too
-    def _tic(engine: Any) -> None:
-        tic[:] = [time.perf_counter(), time.process_time()]
-
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def _toc(engine: Any) -> None:
-        step_times.append((time.perf_counter() - tic[0], time.process_time() - tic[1]))
-
-    atomic_write_json(output_dir / "run_config.json", run_config)
-    trainer.run()
-    steady = step_times[1:] if len(step_times) > 1 else step_times
-    summary = {
-        "epochs": int(trainer.state.epoch),
-        "iterations": int(trainer.state.iteration),
-        "iterations_this_run": len(step_times),
-        "seconds_per_iteration": sum(w for w, _ in steady) / max(len(steady), 1),
-        "cpu_seconds_per_iteration": sum(c for _, c in steady) / max(len(steady), 1),
-        "batch_size": batch_size,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "last_epoch_metrics": {k: float(v) for k, v in trainer.state.metrics.items()},
-        "checkpoint": str(trainer.paired.checkpoint_saver.last_path),
-    }
-    if data_summary:  # files: how many cases and slices, and which cases gave none (empty masks)
-        summary["data"] = data_summary
-    atomic_write_json(output_dir / "summary.json", summary)
-    logger.info(
-        "trained %d iterations, %.3f s per step; checkpoint %s",
-        len(step_times),
-        summary["seconds_per_iteration"],
-        summary["checkpoint"],
-    )
-    return Path(summary["checkpoint"])
+    return _run_and_summarise(trainer, output_dir, run_config, batch_size, device, data_summary)
