@@ -20,17 +20,15 @@ batched convolutions).
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from enum import Enum
 from typing import Any
 
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from monai.networks.schedulers import Scheduler
 from monai.networks.utils import eval_mode
 from monai.utils import ensure_tuple_rep
 from torch import nn
@@ -42,49 +40,24 @@ from monai_pairsynth.networks import PairedDiffusionModel
 from monai_pairsynth.schedulers import (
     DEFAULT_SAMPLER,
     DEFAULT_SAMPLER_STEPS,
-    DPMSolverMultistepScheduler,
-    StridedDDIMScheduler,
     StridedDDPMScheduler,
     make_scheduler,
-    num_steps_for_strength,
+)
+
+from .sampling_steps import (
+    AmpDtype,
+    _has_deterministic_step,
+    _null_context,
+    _plain,
+    _resolve_amp_dtype,
+    _set_timesteps,
+    _strided_equivalent,
+    check_conditioning,
+    draw_seeds,
+    prepare_input,
 )
 
 __all__ = ["AmpDtype", "PairedDiffusionInferer"]
-
-
-class AmpDtype(str, Enum):
-    """Mixed-precision dtypes accepted by :meth:`PairedDiffusionInferer.sample` (CUDA only)."""
-
-    BF16 = "bf16"
-    FP16 = "fp16"
-
-
-_AMP_ALIASES: dict[str, torch.dtype] = {
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-}
-
-
-def _resolve_amp_dtype(amp_dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if amp_dtype is None:
-        return None
-    if isinstance(amp_dtype, torch.dtype):
-        if amp_dtype in (torch.bfloat16, torch.float16):
-            return amp_dtype
-    elif isinstance(amp_dtype, str):
-        key = amp_dtype.value if isinstance(amp_dtype, AmpDtype) else amp_dtype.lower()
-        if key in _AMP_ALIASES:
-            return _AMP_ALIASES[key]
-    raise ValueError(
-        f"amp_dtype must be None, torch.bfloat16, torch.float16 or one of {sorted(_AMP_ALIASES)}, got {amp_dtype!r}."
-    )
-
-
-def _plain(x: torch.Tensor) -> torch.Tensor:
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 class PairedDiffusionInferer(Inferer):
@@ -395,32 +368,7 @@ class PairedDiffusionInferer(Inferer):
             amp = None
 
         # ---- tensor arguments
-        if known is not None and not isinstance(known, Mapping):
-            raise ValueError(f"known must be a dict {{modality: tensor}}, got {type(known).__name__}.")
-        known = dict(known or {})
-        unknown = [k for k in known if k not in modalities]
-        if unknown:
-            raise ValueError(
-                f"known has unknown modality {unknown}; the model's modalities are {list(modalities)}."
-            )
-        if len(known) == len(modalities):
-            raise ValueError(
-                f"known covers every modality {list(modalities)}: nothing is left to generate; leave at least one out."
-            )
-        if seed_sample is not None:
-            if not isinstance(seed_sample, Mapping):
-                raise ValueError(
-                    f"seed_sample must be a dict {{modality: tensor}}, got {type(seed_sample).__name__}."
-                )
-            missing = [m for m in modalities if m not in seed_sample]
-            if missing:
-                raise ValueError(
-                    f"seed_sample is missing modality {missing}; it needs every modality of the model "
-                    f"{list(modalities)} (got keys {list(seed_sample)})."
-                )
-        elif strength < 1.0:
-            raise ValueError(f"strength={strength} < 1 needs a seed_sample to start from.")
-
+        known = check_conditioning(known, seed_sample, strength, modalities)
         named: dict[str, tuple[str, torch.Tensor]] = {}
         for m, x in known.items():
             named[f"known['{m}']"] = (m, x)
@@ -448,22 +396,17 @@ class PairedDiffusionInferer(Inferer):
                 f"sample_seeds has {len(sample_seeds)} seeds for num_samples={num_samples}; give one per sample."
             )
 
-        def prepare(name: str, m: str) -> torch.Tensor:
-            x = batched[name].to(device=device, dtype=torch.float32)
-            if not torch.isfinite(x).all():
-                raise ValueError(f"{name} contains NaN or Inf values.")
-            if inputs_normalized:
-                if x.abs().max() > 1.0 + 1e-3:
-                    raise ValueError(
-                        f"{name} has values in [{x.min().item():.4g}, {x.max().item():.4g}], outside [-1, 1], but "
-                        "inputs_normalized=True; pass inputs_normalized=False for physical units."
-                    )
-                return x.clamp(-1.0, 1.0)
-            return specs[m].normalize(x)
-
-        known_norm = {m: prepare(f"known['{m}']", m) for m in known}
+        known_norm = {
+            m: prepare_input(batched[f"known['{m}']"], f"known['{m}']", specs[m], device, inputs_normalized)
+            for m in known
+        }
         seed_norm = (
-            {m: prepare(f"seed_sample['{m}']", m) for m in modalities}
+            {
+                m: prepare_input(
+                    batched[f"seed_sample['{m}']"], f"seed_sample['{m}']", specs[m], device, inputs_normalized
+                )
+                for m in modalities
+            }
             if seed_sample is not None and strength < 1.0
             else {}
         )
@@ -480,13 +423,50 @@ class PairedDiffusionInferer(Inferer):
         noiser = copy.deepcopy(self.noise_schedule)
         per_sample_steps = not _has_deterministic_step(proto)
 
-        # ---- one seed per sample: results do not depend on batch_size
-        if sample_seeds is not None:
-            seeds = [int(s) for s in sample_seeds]
-        else:
-            seed_device = generator.device if generator is not None else torch.device("cpu")
-            seeds = torch.randint(0, 2**62, (num_samples,), generator=generator, device=seed_device).tolist()
+        seeds = draw_seeds(sample_seeds, generator, num_samples)  # one per sample: independent of batch_size
 
+        samples = self._sample_in_batches(
+            model,
+            modalities,
+            spatial,
+            in_channels,
+            seeds,
+            batch_size,
+            proto,
+            timesteps,
+            noiser,
+            per_sample_steps,
+            known_norm,
+            seed_norm,
+            device,
+            amp,
+            progress,
+        )
+        return self._finalise(
+            samples, known, known_norm, specs, spatial_dims, inputs_normalized, decode, device
+        )
+
+    def _sample_in_batches(
+        self,
+        model: nn.Module,
+        modalities: tuple[str, ...],
+        spatial: tuple[int, ...],
+        in_channels: int,
+        seeds: list[int],
+        batch_size: int,
+        proto: Scheduler,
+        timesteps: list[int],
+        noiser: Any,
+        per_sample_steps: bool,
+        known_norm: dict[str, torch.Tensor],
+        seed_norm: dict[str, torch.Tensor],
+        device: torch.device,
+        amp: torch.dtype | None,
+        progress: bool,
+    ) -> dict[str, torch.Tensor]:
+        """Every sample in batches of ``batch_size`` (each with its own seed), with one progress bar; returns
+        ``{modality: (N, C, *spatial)}`` in the normalised range."""
+        num_samples = len(seeds)
         chunks: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
         bar = tqdm(
             total=len(timesteps) * ((num_samples + batch_size - 1) // batch_size),
@@ -516,10 +496,7 @@ class PairedDiffusionInferer(Inferer):
                 )
                 for m in modalities:
                     chunks[m].append(out[m])
-        samples = {m: torch.cat(chunks[m]) for m in modalities}
-        return self._finalise(
-            samples, known, known_norm, specs, spatial_dims, inputs_normalized, decode, device
-        )
+        return {m: torch.cat(chunks[m]) for m in modalities}
 
     def _sample_batch(
         self,
@@ -709,75 +686,3 @@ class PairedDiffusionInferer(Inferer):
             t.is_batch = True
             out[m] = t
         return out
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: Any) -> None:
-        return None
-
-
-def _set_timesteps(
-    scheduler: Scheduler, num_inference_steps: int, device: torch.device, strength: float
-) -> None:
-    params = inspect.signature(scheduler.set_timesteps).parameters
-    if "strength" in params:
-        scheduler.set_timesteps(num_inference_steps, device=device, strength=strength)
-        return
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    if (
-        strength < 1.0
-    ):  # a stateless scheduler of another library: keep the last `strength` fraction of the steps
-        keep = num_steps_for_strength(len(scheduler.timesteps), strength)
-        scheduler.timesteps = scheduler.timesteps[len(scheduler.timesteps) - keep :]
-
-
-def _has_deterministic_step(scheduler: Scheduler) -> bool:
-    """Whether ``step`` draws no noise, so that a whole batch can share one scheduler instance.
-
-    DDIM (called with ``eta = 0``) and DPM-Solver++ are deterministic; DDPM, and any scheduler this package
-    does not know, are stepped sample by sample with each sample's own generator.
-    """
-    if isinstance(scheduler, DDPMScheduler):
-        return False
-    return isinstance(scheduler, (DDIMScheduler, DPMSolverMultistepScheduler))
-
-
-def _strided_equivalent(scheduler: Scheduler) -> Scheduler:
-    """Replace an instance of MONAI's own ``DDPMScheduler`` / ``DDIMScheduler`` by the corrected strided class.
-
-    MONAI 1.6 steps to the wrong previous timestep when ``num_inference_steps < num_train_timesteps``
-    (see :mod:`monai_pairsynth.schedulers.strided`). The replacement has the same options and the very same
-    noise-schedule tables (copied, so custom schedules carry over); any other scheduler is returned as is.
-    """
-    if type(scheduler) is DDPMScheduler:
-        fixed: Scheduler = StridedDDPMScheduler(
-            num_train_timesteps=scheduler.num_train_timesteps,
-            variance_type=scheduler.variance_type,
-            clip_sample=scheduler.clip_sample,
-            prediction_type=scheduler.prediction_type,
-            clip_sample_min=scheduler.clip_sample_values[0],
-            clip_sample_max=scheduler.clip_sample_values[1],
-        )
-    elif type(scheduler) is DDIMScheduler:
-        set_alpha_to_one = bool(float(scheduler.final_alpha_cumprod) == 1.0)
-        fixed = StridedDDIMScheduler(
-            num_train_timesteps=scheduler.num_train_timesteps,
-            clip_sample=scheduler.clip_sample,
-            set_alpha_to_one=set_alpha_to_one,
-            steps_offset=scheduler.steps_offset,
-            prediction_type=scheduler.prediction_type,
-            clip_sample_min=scheduler.clip_sample_values[0],
-            clip_sample_max=scheduler.clip_sample_values[1],
-        )
-        fixed.final_alpha_cumprod = scheduler.final_alpha_cumprod.clone()
-    else:
-        return scheduler
-    fixed.betas = scheduler.betas.detach().cpu().float().clone()
-    fixed.alphas = scheduler.alphas.detach().cpu().float().clone()
-    fixed.alphas_cumprod = scheduler.alphas_cumprod.detach().cpu().float().clone()
-    for cache in ("_abar64", "_sqrt_table_cache"):  # tables derived from alphas_cumprod are rebuilt lazily
-        fixed.__dict__.pop(cache, None)
-    return fixed
