@@ -23,6 +23,7 @@ import copy
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,6 +59,23 @@ from .sampling_steps import (
 )
 
 __all__ = ["AmpDtype", "PairedDiffusionInferer"]
+
+
+@dataclass(frozen=True)
+class _SamplingPlan:
+    """What every batch of one :meth:`PairedDiffusionInferer.sample` call shares (inputs already normalised)."""
+
+    modalities: tuple[str, ...]
+    spatial: tuple[int, ...]
+    in_channels: int
+    proto: Scheduler  # copied per modality (and per sample for stochastic steps)
+    timesteps: list[int]
+    noiser: Scheduler  # forward noising of known / seed inputs
+    per_sample_steps: bool
+    known: dict[str, torch.Tensor]
+    seed: dict[str, torch.Tensor]
+    device: torch.device
+    amp: torch.dtype | None
 
 
 class PairedDiffusionInferer(Inferer):
@@ -425,13 +443,10 @@ class PairedDiffusionInferer(Inferer):
 
         seeds = draw_seeds(sample_seeds, generator, num_samples)  # one per sample: independent of batch_size
 
-        samples = self._sample_in_batches(
-            model,
+        plan = _SamplingPlan(
             modalities,
             spatial,
             in_channels,
-            seeds,
-            batch_size,
             proto,
             timesteps,
             noiser,
@@ -440,36 +455,21 @@ class PairedDiffusionInferer(Inferer):
             seed_norm,
             device,
             amp,
-            progress,
         )
+        samples = self._sample_in_batches(model, plan, seeds, batch_size, progress)
         return self._finalise(
             samples, known, known_norm, specs, spatial_dims, inputs_normalized, decode, device
         )
 
     def _sample_in_batches(
-        self,
-        model: nn.Module,
-        modalities: tuple[str, ...],
-        spatial: tuple[int, ...],
-        in_channels: int,
-        seeds: list[int],
-        batch_size: int,
-        proto: Scheduler,
-        timesteps: list[int],
-        noiser: Any,
-        per_sample_steps: bool,
-        known_norm: dict[str, torch.Tensor],
-        seed_norm: dict[str, torch.Tensor],
-        device: torch.device,
-        amp: torch.dtype | None,
-        progress: bool,
+        self, model: nn.Module, plan: _SamplingPlan, seeds: list[int], batch_size: int, progress: bool
     ) -> dict[str, torch.Tensor]:
         """Every sample in batches of ``batch_size`` (each with its own seed), with one progress bar; returns
         ``{modality: (N, C, *spatial)}`` in the normalised range."""
         num_samples = len(seeds)
-        chunks: dict[str, list[torch.Tensor]] = {m: [] for m in modalities}
+        chunks: dict[str, list[torch.Tensor]] = {m: [] for m in plan.modalities}
         bar = tqdm(
-            total=len(timesteps) * ((num_samples + batch_size - 1) // batch_size),
+            total=len(plan.timesteps) * ((num_samples + batch_size - 1) // batch_size),
             disable=not progress,
             desc="sampling",
             unit="step",
@@ -477,45 +477,21 @@ class PairedDiffusionInferer(Inferer):
         with eval_mode(model), bar:
             for start in range(0, num_samples, batch_size):
                 idx = list(range(start, min(start + batch_size, num_samples)))
-                out = self._sample_batch(
-                    model,
-                    modalities,
-                    spatial,
-                    in_channels,
-                    [seeds[i] for i in idx],
-                    idx,
-                    proto,
-                    timesteps,
-                    noiser,
-                    per_sample_steps,
-                    known_norm,
-                    seed_norm,
-                    device,
-                    amp,
-                    bar,
-                )
-                for m in modalities:
+                out = self._sample_batch(model, plan, [seeds[i] for i in idx], idx, bar)
+                for m in plan.modalities:
                     chunks[m].append(out[m])
-        return {m: torch.cat(chunks[m]) for m in modalities}
+        return {m: torch.cat(chunks[m]) for m in plan.modalities}
 
     def _sample_batch(
-        self,
-        model: nn.Module,
-        modalities: tuple[str, ...],
-        spatial: tuple[int, ...],
-        in_channels: int,
-        seeds: list[int],
-        indices: list[int],
-        proto: Scheduler,
-        timesteps: list[int],
-        noiser: Scheduler,
-        per_sample_steps: bool,
-        known: dict[str, torch.Tensor],
-        seed: dict[str, torch.Tensor],
-        device: torch.device,
-        amp: torch.dtype | None,
-        bar: tqdm,
+        self, model: nn.Module, plan: _SamplingPlan, seeds: list[int], indices: list[int], bar: tqdm
     ) -> dict[str, torch.Tensor]:
+        modalities, spatial, in_channels, device = (
+            plan.modalities,
+            plan.spatial,
+            plan.in_channels,
+            plan.device,
+        )
+        proto, timesteps, noiser, known, seed = plan.proto, plan.timesteps, plan.noiser, plan.known, plan.seed
         batch = len(seeds)
         gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         # noise of every modality, drawn per sample in a fixed order: epsilon + offset (as in training)
@@ -542,12 +518,14 @@ class PairedDiffusionInferer(Inferer):
 
         # the strided DDPM steps the whole batch at once, sample i drawing its noise from gens[i] (the same
         # draws as a per-sample loop); other stochastic schedulers step sample by sample
+        per_sample_steps = plan.per_sample_steps
         batched_generators = per_sample_steps and isinstance(proto, StridedDDPMScheduler)
         if per_sample_steps and not batched_generators:
             sched = {m: [copy.deepcopy(proto) for _ in range(batch)] for m in free}
         else:
             sched = {m: [copy.deepcopy(proto)] for m in free}
 
+        amp = plan.amp
         autocast = torch.autocast(device_type="cuda", dtype=amp) if amp is not None else _null_context()
         for t in timesteps:
             t_batch = torch.full((batch,), t, device=device, dtype=torch.long)
