@@ -53,8 +53,8 @@ class FlatParameterGroup:
     flat: nn.Parameter
     members: list[nn.Parameter]
     offsets: list[int]
-    grad_views: list[torch.Tensor]
-    spare_grad: torch.Tensor | None = None  # the gradient buffer while detached by zero_grad (reused)
+    grad_buffer: torch.Tensor | None  # allocated once; ``flat.grad`` while gradients are gathered, else None
+    grad_views: list[torch.Tensor]  # each member's slot of ``grad_buffer``
     _warned_missing: bool = False
 
     def _member_at_offset(self, i: int, tensor: torch.Tensor | None, base: torch.Tensor) -> bool:
@@ -96,11 +96,11 @@ class FlatParameterGroup:
         if missing == len(grads):
             self.flat.grad = None
             return
-        if self.flat.grad is None:
-            if self.spare_grad is None:
-                self.spare_grad = torch.empty_like(self.flat)
-                self.grad_views = _views(self.spare_grad, self.members, self.offsets)
-            self.flat.grad = self.spare_grad
+        if self.grad_buffer is None:
+            raise RuntimeError(
+                "this flat parameter group was built without a gradient buffer (with_grad=False)."
+            )
+        self.flat.grad = self.grad_buffer
         if missing and not self._warned_missing:
             self._warned_missing = True
             logger.warning(
@@ -195,11 +195,9 @@ def flatten_into_buffer(params: Sequence[nn.Parameter], with_grad: bool = True) 
         flat = nn.Parameter(data, requires_grad=any(p.requires_grad for p in params))
         for p, start in zip(params, offsets):
             p.data = data[start : start + p.numel()].view_as(p)
-        grad_views: list[torch.Tensor] = []
-        if with_grad:
-            flat.grad = torch.zeros_like(data)
-            grad_views = _views(flat.grad, params, offsets)
-    group = FlatParameterGroup(flat=flat, members=params, offsets=offsets, grad_views=grad_views)
+        grad_buffer = torch.zeros_like(data) if with_grad else None
+        grad_views = _views(grad_buffer, params, offsets) if grad_buffer is not None else []
+    group = FlatParameterGroup(flat, params, offsets, grad_buffer, grad_views)
     if with_grad:
         group.gather_grads()  # existing gradient values are kept
     for p in params:
@@ -269,13 +267,9 @@ class FlatParameterAdamW(torch.optim.AdamW):
         each parameter a fresh tensor (gathered afterwards); ``False``: the buffer is zeroed and the gradients
         stay its views (the next backward then adds into them in place)."""
         for group in self.flat_groups:
-            if (
-                set_to_none
-            ):  # the buffer is detached too (kept for reuse): nothing stale for a GradScaler to read
+            if set_to_none:  # the buffer is detached too: nothing stale for a GradScaler to read
                 for p in group.members:
                     p.grad = None
-                if group.flat.grad is not None:
-                    group.spare_grad = group.flat.grad
                 group.flat.grad = None
             else:
                 group.gather_grads()
