@@ -197,9 +197,6 @@ class SynthesizePaired(RandomizableTransform):
         else:
             self._seed = int(self.R.randint(2**31 - 1))
 
-    def _check_shapes(self, triplet: Mapping[str, Any], reference: Mapping[Hashable, Any] | None) -> None:
-        check_matching_shapes(triplet, reference, getattr(self.pool, "spatial_shape", None))
-
     def _seeded(self, reference: Mapping[Hashable, Any]) -> dict[str, MetaTensor]:
         device = torch.device(getattr(self.source, "device", "cpu"))
         if device.type == "cuda" and torch.utils.data.get_worker_info() is not None:
@@ -281,7 +278,7 @@ class SynthesizePaired(RandomizableTransform):
             if self._seed is None:
                 raise RuntimeError("call randomize() (or __call__ with randomize=True) first.")
             triplet = self._seeded(reference or {})
-        self._check_shapes(triplet, reference)
+        check_matching_shapes(triplet, reference, getattr(self.pool, "spatial_shape", None))
         return triplet
 
 
