@@ -1,17 +1,19 @@
-"""Engines: MONAI/ignite training of the linked diffusion model (prepare-batch, inferer, handlers, checkpoints).
+"""Engines: MONAI/ignite training of the linked diffusion model (prepare-batch, inferer, optimiser, checkpoints).
 
 The training entry points are :func:`create_paired_trainer` (a configured MONAI ``SupervisedTrainer``,
 callable from a bundle config) and :func:`train_paired_diffusion` (everything from data to checkpoint); the
-command line is ``python -m monai_pairsynth.engines.train``.
+command line is ``python -m monai_pairsynth.engines.train``. The trainer attaches the handlers of
+:mod:`monai_pairsynth.handlers`; the two that work on the contiguous parameter buffers of
+:mod:`~monai_pairsynth.engines.flat_parameters` (``ForeachEMAHandler``, ``GatherGradsHandler``) live here.
 """
 
 from __future__ import annotations
 
-from .clip_grad_norm_handler import ClipGradNormHandler
+from monai_pairsynth._moved import moved_names
+
 from .device_triplet_loader import DeviceTripletLoader
 from .flat_parameters import FlatParameterAdamW, FlatParameterGroup, GatherGradsHandler, flatten_into_buffer
 from .foreach_ema_handler import ForeachEMAHandler
-from .loss_components_handler import LOSS_COMPONENTS_KEY, LossComponentsHandler, paired_loss_output_transform
 from .paired_checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -40,15 +42,12 @@ from .paired_trainer import (
 )
 from .paired_training import DEFAULT_CPU_MODEL_KWARGS, build_training_dataset, train_paired_diffusion
 from .param_groups import create_paired_optimizer, paired_param_groups
-from .perceptual_warmup import PerceptualWarmup
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "DEFAULT_CPU_MODEL_KWARGS",
-    "LOSS_COMPONENTS_KEY",
     "STATS_LOGGER_NAME",
-    "ClipGradNormHandler",
     "DeviceTripletLoader",
     "EpochTimeLimit",
     "FlatParameterAdamW",
@@ -56,12 +55,10 @@ __all__ = [
     "ForeachEMAHandler",
     "GatherGradsHandler",
     "LinearLRWarmup",
-    "LossComponentsHandler",
     "PairedCheckpointSaver",
     "PairedDiffusionPrepareBatch",
     "PairedNoiseInferer",
     "PairedTrainingParts",
-    "PerceptualWarmup",
     "build_paired_checkpoint",
     "build_training_dataset",
     "check_model_config",
@@ -75,7 +72,6 @@ __all__ = [
     "noise_scheduler_config",
     "offset_noise",
     "paired_data_loader",
-    "paired_loss_output_transform",
     "paired_param_groups",
     "read_paired_checkpoint",
     "restore_paired_training",
@@ -83,3 +79,18 @@ __all__ = [
     "skip_redundant_train_calls",
     "train_paired_diffusion",
 ]
+
+# handlers that moved to monai_pairsynth.handlers (issue 16); the old names keep working with a warning
+__getattr__ = moved_names(
+    __name__,
+    {
+        name: "monai_pairsynth.handlers"
+        for name in (
+            "LOSS_COMPONENTS_KEY",
+            "ClipGradNormHandler",
+            "LossComponentsHandler",
+            "PerceptualWarmup",
+            "paired_loss_output_transform",
+        )
+    },
+)

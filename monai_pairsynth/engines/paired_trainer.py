@@ -34,13 +34,17 @@ from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
+from monai_pairsynth.handlers import (
+    ClipGradNormHandler,
+    LossComponentsHandler,
+    PerceptualWarmup,
+    paired_loss_output_transform,
+)
 from monai_pairsynth.losses import PairedDiffusionLoss, PerceptualMode
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 
-from .clip_grad_norm_handler import ClipGradNormHandler
 from .flat_parameters import FlatParameterAdamW, GatherGradsHandler
 from .foreach_ema_handler import ForeachEMAHandler
-from .loss_components_handler import LossComponentsHandler, paired_loss_output_transform
 from .paired_checkpoint import (
     PairedCheckpointSaver,
     create_noise_scheduler,
@@ -51,7 +55,6 @@ from .paired_checkpoint import (
 from .paired_noise_inferer import PairedNoiseInferer
 from .paired_prepare_batch import PairedDiffusionPrepareBatch
 from .param_groups import create_paired_optimizer
-from .perceptual_warmup import PerceptualWarmup
 
 __all__ = [
     "STATS_LOGGER_NAME",

@@ -8,7 +8,6 @@ from ignite.engine import Engine
 from ignite.handlers import EMAHandler
 
 from monai_pairsynth.engines import (
-    ClipGradNormHandler,
     DeviceTripletLoader,
     FlatParameterAdamW,
     ForeachEMAHandler,
@@ -17,7 +16,8 @@ from monai_pairsynth.engines import (
     create_paired_trainer,
     flatten_into_buffer,
 )
-from monai_pairsynth.engines.clip_grad_norm_handler import _clip_groups
+from monai_pairsynth.handlers import ClipGradNormHandler
+from monai_pairsynth.handlers.clip_grad_norm_handler import _clip_groups
 from monai_pairsynth.networks import PairedDiffusionModel
 
 MODS = ("ct", "pet", "label")

@@ -11,8 +11,6 @@ from monai.utils.enums import CommonKeys
 
 from monai_pairsynth.engines import (
     STATS_LOGGER_NAME,
-    ClipGradNormHandler,
-    PerceptualWarmup,
     create_paired_trainer,
     load_paired_checkpoint,
     load_paired_weights,
@@ -21,6 +19,7 @@ from monai_pairsynth.engines import (
     read_paired_checkpoint,
     save_paired_checkpoint,
 )
+from monai_pairsynth.handlers import ClipGradNormHandler, PerceptualWarmup
 from monai_pairsynth.networks import PairedDiffusionModel
 
 MODS = ("ct", "pet", "label")

@@ -18,7 +18,7 @@ from monai.data import DataLoader, Dataset
 
 from monai_pairsynth.data import validation
 from monai_pairsynth.data.validation import MAX_SYNTHETIC_RATIO, DatasetError
-from monai_pairsynth.handlers import PoolRefreshHandler
+from monai_pairsynth.mixing import PoolRefreshHandler
 from monai_pairsynth.mixing.mixed_dataset import MixedDataset
 from monai_pairsynth.mixing.synthesis_pool import SynthesisPool
 from monai_pairsynth.transforms import SynthesizePairedd

@@ -13,7 +13,7 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose, ConcatItemsd, ScaleIntensityRanged
 
 from monai_pairsynth.data.phantom import PhantomDataset
-from monai_pairsynth.handlers import MixedDatasetEpochHandler, PoolRefreshHandler
+from monai_pairsynth.mixing import MixedDatasetEpochHandler, PoolRefreshHandler
 from monai_pairsynth.mixing.mixed_dataset import MixedDataset
 from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 from monai_pairsynth.quality import FeatureCentroidFilter, build_feature_segmenter
