@@ -41,7 +41,7 @@ class MixedDataset(Dataset):
     Items ``0 .. N_real - 1`` are the real ones (in order); the rest are synthetic, each mapped to a pool entry
     for the current epoch: without repetition while the pool holds enough, else every entry about equally often.
     Shuffle with the DataLoader (or ``DistributedSampler``) as usual; call :meth:`set_epoch` at the start of
-    each epoch (:class:`monai_pairsynth.handlers.MixedDatasetEpochHandler` or ``PoolRefreshHandler(...,
+    each epoch (:class:`monai_pairsynth.mixing.MixedDatasetEpochHandler` or ``PoolRefreshHandler(...,
     dataset=...)`` do it for an ignite trainer).
 
     Items hold the pool's modality keys plus ``synthetic_key``; other keys of the real items are dropped unless

@@ -412,7 +412,7 @@ class SynthesisPool(PoolFiles):
         if _in_worker_process():
             raise RuntimeError(
                 "SynthesisPool is read-only inside DataLoader worker processes; fill/refill it in the main "
-                "process (e.g. with monai_pairsynth.handlers.PoolRefreshHandler)."
+                "process (e.g. with monai_pairsynth.mixing.PoolRefreshHandler)."
             )
         update = PoolUpdate(requested=num)
         staged: dict[str, list[torch.Tensor]] = {k: [] for k in self.keys}

@@ -310,7 +310,7 @@ class SynthesizePairedd(RandomizableTransform, MapTransform):
 
     :attr:`counts` (``synthetic``, ``real``, ``fallback_empty_pool``, ``fallback_generation_failed``) are
     per process: with DataLoader workers each worker counts its own samples; count the ``synthetic`` flags of
-    the batches instead (:class:`monai_pairsynth.handlers.PoolRefreshHandler` does).
+    the batches instead (:class:`monai_pairsynth.mixing.PoolRefreshHandler` does).
 
     Example:
         >>> import torch
