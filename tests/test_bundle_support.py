@@ -18,7 +18,6 @@ from monai_pairsynth.data import write_phantom_hecktor
 from monai_pairsynth.data.sources import real_datalist, real_samples
 from monai_pairsynth.distributed import distributed_trainer, is_main_process
 from monai_pairsynth.engines import export_sampling_checkpoint, load_paired_checkpoint, save_paired_checkpoint
-from monai_pairsynth.handlers import TrainingProgressBar
 from monai_pairsynth.metrics.report import format_results_table, write_evaluation_report
 from monai_pairsynth.metrics.segmentation_dice import segmentation_test_dice
 from monai_pairsynth.mixing.pool_builder import (
@@ -269,17 +268,6 @@ def test_mixing_pool_ratio_zero_touches_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- training / evaluation
-def test_training_progress_bar_attaches_only_when_enabled():
-    from ignite.engine import Engine, Events
-
-    for enabled, expected in ((False, 0), (True, 1)):
-        engine = Engine(lambda e, b: [{"loss": 0.5}])
-        before = len(engine._event_handlers[Events.ITERATION_COMPLETED])
-        TrainingProgressBar(enabled=enabled).attach(engine)
-        assert len(engine._event_handlers[Events.ITERATION_COMPLETED]) - before == expected
-    assert TrainingProgressBar()._loss([{"loss": torch.tensor(0.25)}]) == {"loss": 0.25}
-
-
 def test_distributed_helpers_outside_torch_distributed():
     trainer = type("T", (), {"network": torch.nn.Linear(1, 1)})()
     assert distributed_trainer(trainer, "cpu") is trainer and isinstance(trainer.network, torch.nn.Linear)
