@@ -86,10 +86,35 @@ def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
 
 
 def _draw_anatomy(seed: int) -> dict[str, Any]:
-    """All geometric and intensity parameters of case ``seed``, in mm / HU / SUV (grid independent)."""
+    """All geometric and intensity parameters of case ``seed``, in mm / HU / SUV (grid independent).
+
+    The parts are drawn from one generator in a fixed order (body, vertebra, airway, mandible, glands and
+    nodes, brain, acquisition, tumour): changing that order, or a draw, changes every phantom case, and the
+    shipped demo checkpoint was trained on these draws (``tests/data/test_phantom.py`` pins them).
+    """
     rng = np.random.default_rng([seed, 0])
     p: dict[str, Any] = {}
-    # body outline and fat
+    _draw_body(rng, p)
+    _draw_vertebra(rng, p)
+    _draw_airway(rng, p)
+    _draw_mandible(rng, p)
+    _draw_glands_and_nodes(rng, p)
+    p["brain"] = {
+        "z": _u(rng, 40, 52),
+        "suv": _u(rng, 6, 10),
+        "hu": _u(rng, 30, 40),
+        "skull_t": _u(rng, 5, 8),
+    }
+    # PET/CT acquisition
+    p["pet_fwhm"] = _u(rng, 5, 7)
+    p["pet_noise"] = _u(rng, 0.08, 0.18)
+    p["ct_noise"] = _u(rng, 10, 20)
+    _draw_tumour(rng, p)
+    return p
+
+
+def _draw_body(rng: np.random.Generator, p: dict[str, Any]) -> None:
+    """Body outline, fat and muscle, the inter-muscular fat planes."""
     p["body_c"] = (_u(rng, -12, 12), _u(rng, -10, 10))
     p["body_ab"] = (_u(rng, 60, 74), _u(rng, 54, 66))
     p["body_harm"] = [(k, _u(rng, 0.0, 0.035), _u(rng, 0, 2 * math.pi)) for k in (2, 3, 4, 5)]
@@ -107,7 +132,12 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
         )
         for _ in range(int(rng.integers(4, 10)))
     ]
-    # vertebra
+
+
+def _draw_vertebra(rng: np.random.Generator, p: dict[str, Any]) -> None:
+    """The cervical vertebra behind the body centre: body, spinal canal, discs along ``z``."""
+    cx, cy = p["body_c"]
+    b0 = p["body_ab"][1]
     vb = (_u(rng, 8, 11), _u(rng, 7, 9))
     vx, vy = cx + _u(rng, -3, 3), cy - b0 * _u(rng, 0.28, 0.38)
     canal_r = _u(rng, 6, 7.5)
@@ -124,7 +154,12 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
         "suv_marrow": _u(rng, 1.0, 1.8),
         "hu_disc": _u(rng, 80, 110),
     }
-    # airway
+
+
+def _draw_airway(rng: np.random.Generator, p: dict[str, Any]) -> None:
+    """The airway in front of the vertebra, drifting along ``z``."""
+    vx, vy = p["vert"]["c"]
+    vb = p["vert"]["ab"]
     air_ab = (_u(rng, 6, 13), _u(rng, 4, 9))
     ay = vy + vb[1] + _u(rng, 5, 11) + air_ab[1]
     p["airway"] = {
@@ -133,8 +168,13 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
         "angle": _u(rng, -0.3, 0.3),
         "drift": (_u(rng, 1, 4), _u(rng, 0, 2 * math.pi), _u(rng, 0.15, 0.35), _u(rng, 0, 2 * math.pi)),
     }
-    # mandible
-    my = ay + _u(rng, -2, 6)
+
+
+def _draw_mandible(rng: np.random.Generator, p: dict[str, Any]) -> None:
+    """The mandible: a cortical band with marrow in front of the airway, rami at upper levels."""
+    cx, cy = p["body_c"]
+    a0, b0 = p["body_ab"]
+    my = p["airway"]["c"][1] + _u(rng, -2, 6)
     p["mandible"] = {
         "c": (cx + _u(rng, -3, 3), my),
         "ab": (a0 * _u(rng, 0.5, 0.62), (cy + b0 - my) - _u(rng, 9, 15)),
@@ -144,7 +184,14 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
         "hu_cortex": _u(rng, 850, 1000),
         "hu_marrow": _u(rng, 350, 550),
     }
-    # glands and tonsils (paired, each side with its own size and uptake)
+
+
+def _draw_glands_and_nodes(rng: np.random.Generator, p: dict[str, Any]) -> None:
+    """Tonsils and parotid / submandibular glands (paired, each side its own size and uptake), lymph nodes."""
+    cx = p["body_c"][0]
+    a0 = p["body_ab"][0]
+    vy = p["vert"]["c"][1]
+    air_ab = p["airway"]["ab"]
     ax_, ay_ = p["airway"]["c"]
     p["tonsils"] = [
         {
@@ -186,17 +233,12 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
         }
         for _ in range(int(rng.integers(0, 5)))
     ]
-    p["brain"] = {
-        "z": _u(rng, 40, 52),
-        "suv": _u(rng, 6, 10),
-        "hu": _u(rng, 30, 40),
-        "skull_t": _u(rng, 5, 8),
-    }
-    # PET/CT acquisition
-    p["pet_fwhm"] = _u(rng, 5, 7)
-    p["pet_noise"] = _u(rng, 0.08, 0.18)
-    p["ct_noise"] = _u(rng, 10, 20)
-    # tumour: retried until its centre lies in soft tissue next to the airway
+
+
+def _draw_tumour(rng: np.random.Generator, p: dict[str, Any]) -> None:
+    """The tumour (its centre retried until it lies in soft tissue next to the airway) and the 2D slice."""
+    air_ab = p["airway"]["ab"]
+    ax_, ay_ = p["airway"]["c"]
     air_r = 0.5 * (air_ab[0] + air_ab[1])
     for _ in range(64):
         phi = _u(rng, 0, 2 * math.pi)
@@ -229,7 +271,6 @@ def _draw_anatomy(seed: int) -> dict[str, Any]:
     }
     # the 2D case is the axial slice through the main tumour blob
     p["z_slice"] = tz + _u(rng, -0.35, 0.35) * blobs[0][1][2]
-    return p
 
 
 def _ellipsoid(X, Y, Z, c, r, angle: float = 0.0):

@@ -193,3 +193,61 @@ def test_phantom_dataset_iteration_stops_and_negative_index():
     assert ds[-1]["seed"] == 7
     with pytest.raises(IndexError, match="out of range"):
         ds[3]
+
+
+# ---------------------------------------------------------------------------------------------- pinned draws
+# The shipped demo checkpoint was trained on exactly these phantom cases: a change of any random draw (its
+# order, range or count) must fail here. Recorded when _draw_anatomy was split into one function per part.
+# Floats are compared to 9 significant digits (anatomy) or rel 1e-6 (images), not bit for bit, so that a
+# last-bit difference of a platform's libm / SIMD does not fail the test while any changed draw does.
+ANATOMY_SHA256 = {
+    0: "659ef1222be143db",
+    1: "0e3353de1914df76",
+    2: "b138a9cee4ddd9b5",
+    3: "5b37166246800d57",
+    4: "799903edea466fb3",
+    5: "a77a7d7b320a2d35",
+    6: "d71a78b1dab3be1d",
+    7: "1e4c5dd598122eb5",
+}
+# (make_phantom_case kwargs, tumour voxels, mean CT, mean PET, max PET)
+PINNED_CASES = [
+    ({"seed": 0, "spatial_size": (64, 64), "spacing": 4.0}, 77, -842.8744268582668, 0.30469600840916644, 15.87142562866211),
+    ({"seed": 1, "spatial_size": (64, 64), "spacing": 4.0}, 12, -788.9351802889141, 0.1563058367967316, 3.7330517768859863),
+    ({"seed": 2}, 14, -809.4421786931343, 0.18596860616138639, 7.716826438903809),
+    (
+        {"seed": 3, "spatial_dims": 3, "spatial_size": (32, 32, 16), "spacing": 8.0},
+        6, -775.5054324486591, 0.19300496170641682, 7.154053211212158,
+    ),
+]  # fmt: skip
+
+
+def _canonical(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.9g}"
+    if isinstance(value, (int, str)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_canonical(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_canonical(v) for v in value) + "]"
+    raise TypeError(f"unexpected {type(value).__name__} in the anatomy parameters")
+
+
+@pytest.mark.parametrize("seed", sorted(ANATOMY_SHA256))
+def test_anatomy_draws_are_pinned(seed):
+    import hashlib
+
+    from monai_pairsynth.data.phantom import _draw_anatomy
+
+    digest = hashlib.sha256(_canonical(_draw_anatomy(seed)).encode()).hexdigest()[:16]
+    assert digest == ANATOMY_SHA256[seed]
+
+
+@pytest.mark.parametrize(("kwargs", "voxels", "ct_mean", "pet_mean", "pet_max"), PINNED_CASES)
+def test_phantom_cases_are_pinned(kwargs, voxels, ct_mean, pet_mean, pet_max):
+    case = make_phantom_case(**kwargs)
+    assert int(case["label"].sum()) == voxels
+    assert float(case["ct"].double().mean()) == pytest.approx(ct_mean, rel=1e-6)
+    assert float(case["pet"].double().mean()) == pytest.approx(pet_mean, rel=1e-6)
+    assert float(case["pet"].max()) == pytest.approx(pet_max, rel=1e-6)
