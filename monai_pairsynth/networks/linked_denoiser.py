@@ -105,6 +105,15 @@ class LinkedDenoiser(nn.Module):
     embedding from ``cond_time_embed`` (MONAI's sinusoidal ``get_timestep_embedding`` + a small MLP owned by
     this module).
 
+    Per-modality timesteps (UniDiffuser, Bao et al. 2023): ``forward(..., condition_timesteps={k: t_k})``
+    gives every condition its own timestep (``t_k = 0`` with the clean image: a given modality). Then
+    filter ``k`` and (with ``condition_timesteps=True`` at construction) encoder ``k`` take the embedding of
+    ``t_k``, each CBAM the mean of the conditions' shifts, and only the UNet takes the denoiser's own
+    ``timesteps``. Without ``condition_timesteps`` in ``forward`` every part takes ``timesteps``, exactly
+    as before. The constructor flag adds zero-initialised ``time_projections`` to the encoders (so a new
+    model with equal timesteps computes what a model without them computes); models built without it
+    (every checkpoint written before the option) have the same parameters as always.
+
     All submodules of the conditional pathway are named ``cond_*``; ``unet`` is the plain MONAI network.
 
     Args:
@@ -127,6 +136,8 @@ class LinkedDenoiser(nn.Module):
         use_flash_attention: passed to the UNet: its attention runs through PyTorch's
             ``scaled_dot_product_attention`` (same parameters and results as MONAI's default einsum path,
             about 1.3x faster per CPU training step at 64x64).
+        condition_timesteps: the conditional encoders also take their condition's timestep embedding
+            (zero-initialised ``time_projections``); meant for training with per-modality timesteps.
 
     Example:
         >>> import torch
@@ -135,6 +146,9 @@ class LinkedDenoiser(nn.Module):
         >>> x = torch.randn(2, 1, 16, 16)
         >>> cond = {"pet": torch.randn(2, 1, 16, 16), "label": torch.randn(2, 1, 16, 16)}
         >>> net(x, torch.tensor([10, 500]), cond).shape
+        torch.Size([2, 1, 16, 16])
+        >>> clean_label = {"pet": torch.tensor([10, 500]), "label": torch.tensor([0, 0])}  # label given clean
+        >>> net(x, torch.tensor([10, 500]), cond, condition_timesteps=clean_label).shape
         torch.Size([2, 1, 16, 16])
     """
 
@@ -154,6 +168,7 @@ class LinkedDenoiser(nn.Module):
         filter_init_cutoff: float = 0.4,
         filter_init_strength: float = 0.8,
         use_flash_attention: bool = True,
+        condition_timesteps: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -196,6 +211,7 @@ class LinkedDenoiser(nn.Module):
         self.channels = channels
         self.num_res_blocks = tuple(num_res_blocks)
         self.cond_channels = cond_channels
+        self.condition_timesteps = bool(condition_timesteps)
 
         self.unet = DiffusionModelUNet(
             spatial_dims=spatial_dims,
@@ -227,7 +243,11 @@ class LinkedDenoiser(nn.Module):
         self.cond_encoders = nn.ModuleDict(
             {
                 name: ConditionalEncoder(
-                    spatial_dims, cond_in_channels, cond_channels, norm_num_groups=norm_num_groups
+                    spatial_dims,
+                    cond_in_channels,
+                    cond_channels,
+                    norm_num_groups=norm_num_groups,
+                    temb_dim=self.cond_temb_dim if self.condition_timesteps else None,
                 )
                 for name in condition_names
             }
@@ -260,14 +280,42 @@ class LinkedDenoiser(nn.Module):
             nn.init.zeros_(p)
         return conv
 
+    def _condition_embeddings(
+        self, condition_timesteps: Mapping[str, torch.Tensor], batch: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``(K, B, E)``: the conditional pathway's embedding of every condition's own timesteps, one MLP call."""
+        missing = [n for n in self.condition_names if n not in condition_timesteps]
+        extra = [n for n in condition_timesteps if n not in self.condition_names]
+        if missing or extra:
+            raise ValueError(
+                f"condition_timesteps must have exactly the keys {list(self.condition_names)}; missing {missing}, "
+                f"unexpected {extra}."
+            )
+        rows = []
+        for n in self.condition_names:
+            t = torch.as_tensor(condition_timesteps[n]).reshape(-1)
+            if t.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"condition_timesteps['{n}'] must have shape ({batch},), (1,) or (), got {tuple(t.shape)}."
+                )
+            rows.append(t.expand(batch))
+        stacked = torch.stack(rows)  # (K, B)
+        t_emb = get_timestep_embedding(stacked.reshape(-1), self.cond_channels[0]).to(dtype)
+        return self.cond_time_embed(t_emb).reshape(len(rows), batch, -1)
+
     def conditional_residuals(
-        self, timesteps: torch.Tensor, conditions: Mapping[str, torch.Tensor]
+        self,
+        timesteps: torch.Tensor,
+        conditions: Mapping[str, torch.Tensor],
+        condition_timesteps: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The conditional pathway alone: residuals to add inside the UNet.
 
         Args:
             timesteps: ``(B,)`` timesteps (or ``(1,)``, shared by the batch).
             conditions: ``{name: (B, cond_in_channels, H, W[, D])}`` for every name in ``condition_names``.
+            condition_timesteps: ``{name: (B,)}`` (or ``(1,)`` / scalar) every condition's own timestep
+                (0 for a clean, given condition); ``None``: every condition is at ``timesteps``.
 
         Returns:
             ``(down_block_additional_residuals, mid_block_additional_residual)`` with the shapes
@@ -292,20 +340,25 @@ class LinkedDenoiser(nn.Module):
                 f"every condition must have one shape (B, {self.cond_in_channels}, {layout}), got {shapes}."
             )
         first = conditions[self.condition_names[0]]
-        t_emb = get_timestep_embedding(timesteps, self.cond_channels[0]).to(first.dtype)
-        temb = self.cond_time_embed(t_emb)
-        if temb.shape[0] != first.shape[0]:
-            temb = temb.expand(first.shape[0], -1)
+        if condition_timesteps is None:  # every condition at the denoiser's timestep (joint, as always)
+            t_emb = get_timestep_embedding(timesteps, self.cond_channels[0]).to(first.dtype)
+            temb = self.cond_time_embed(t_emb)
+            if temb.shape[0] != first.shape[0]:
+                temb = temb.expand(first.shape[0], -1)
+            cbam_temb = temb
+        else:  # (K, B, E): condition k's filter and encoder take its own noise level, the CBAMs all of them
+            temb = self._condition_embeddings(condition_timesteps, first.shape[0], first.dtype)
+            cbam_temb = temb.transpose(0, 1)
         # The K conditions travel stacked along the channels, (B, K * C, ...), condition k in block k: the
         # filters share one FFT pair, the encoders run as grouped convolutions (each with its own weights),
         # and the per-level stacks are already the concatenation the fusion convolutions take.
         stacked = torch.cat([conditions[n] for n in self.condition_names], dim=1)
         filtered = _filter_stacked([self.cond_filters[n] for n in self.condition_names], stacked, temb)
-        encoded = _encode_stacked([self.cond_encoders[n] for n in self.condition_names], filtered)
+        encoded = _encode_stacked([self.cond_encoders[n] for n in self.condition_names], filtered, temb)
         if self.cond_attention is not None:
             encoded[-1] = self.cond_attention.attend_stacked(encoded[-1])
         fused = [
-            cbam(conv(features), temb)
+            cbam(conv(features), cbam_temb)
             for features, conv, cbam in zip(encoded, self.cond_fusion_convs, self.cond_fusion_cbams)
         ]
         return self._project(fused)
@@ -332,7 +385,11 @@ class LinkedDenoiser(nn.Module):
         return down, mid  # type: ignore[return-value]
 
     def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor, conditions: Mapping[str, torch.Tensor]
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditions: Mapping[str, torch.Tensor],
+        condition_timesteps: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Predict this modality's noise (or whatever the UNet is trained to output).
 
@@ -340,8 +397,10 @@ class LinkedDenoiser(nn.Module):
             x: this modality's noisy image ``(B, in_channels, H, W[, D])``; every spatial size divisible by
                 ``2 ** (len(channels) - 1)``.
             timesteps: ``(B,)`` timesteps (or ``(1,)``, shared by the batch).
-            conditions: the other modalities' noisy images at the same timestep,
-                ``{name: (B, cond_in_channels, H, W[, D])}`` for every name in ``condition_names``.
+            conditions: the other modalities' noisy images, ``{name: (B, cond_in_channels, H, W[, D])}`` for
+                every name in ``condition_names``, at ``timesteps`` unless ``condition_timesteps`` says otherwise.
+            condition_timesteps: ``{name: (B,)}`` each condition's own timestep (0: clean, given); ``None``
+                (default): all at ``timesteps``.
 
         Returns:
             the prediction ``(B, in_channels, H, W[, D])``.
@@ -352,7 +411,7 @@ class LinkedDenoiser(nn.Module):
                     f"condition '{name}' has shape {tuple(cond.shape)}, incompatible with x of shape "
                     f"{tuple(x.shape)} (batch and spatial sizes must match)."
                 )
-        down, mid = self.conditional_residuals(timesteps, conditions)
+        down, mid = self.conditional_residuals(timesteps, conditions, condition_timesteps)
         return self.unet(
             x, timesteps, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid
         )

@@ -28,6 +28,13 @@ class PairedDiffusionModel(nn.Module):
     Each denoiser has its own parameters (``model.denoiser("pet").parameters()`` feeds one optimiser).
     Network arguments are MONAI ``DiffusionModelUNet`` names and are shared by all denoisers.
 
+    **Per-modality timesteps** (UniDiffuser, Bao et al. 2023): ``timesteps`` may also be a dict
+    ``{modality: (B,)}``. Then denoiser ``m``'s UNet runs at ``t_m`` and its conditional pathway takes every
+    other modality ``k`` at ``t_k`` (see :class:`LinkedDenoiser`); a modality given clean has ``t = 0`` and
+    its clean image as input. ``predict=`` limits the call to the modalities whose prediction is needed
+    (conditional sampling does not run the given modalities' denoisers). A plain tensor is the joint case,
+    computed exactly as always.
+
     Args:
         modalities: two or more distinct modality names (valid ``nn.Module`` attribute names, no ``.``).
         spatial_dims: 2 or 3.
@@ -44,6 +51,10 @@ class PairedDiffusionModel(nn.Module):
         filter_init_strength: initial strength of the low-pass filters (in (0, 1)).
         use_flash_attention: run the UNets' attention through PyTorch's ``scaled_dot_product_attention``
             (MONAI ``DiffusionModelUNet`` argument; same parameters and results, faster).
+        condition_timesteps: the conditional encoders also take their condition's timestep (extra
+            zero-initialised parameters, see :class:`LinkedDenoiser`): for training with per-modality
+            timesteps. ``get_config()`` lists it only when ``True``, so the configuration of a model without
+            it (and of every checkpoint written before the option) is unchanged.
 
     Example:
         >>> import torch
@@ -54,6 +65,9 @@ class PairedDiffusionModel(nn.Module):
         >>> {k: tuple(v.shape) for k, v in out.items()}
         {'ct': (2, 1, 16, 16), 'pet': (2, 1, 16, 16)}
         >>> rebuilt = PairedDiffusionModel(**model.get_config())
+        >>> per_modality = {"ct": torch.tensor([3, 700]), "pet": torch.tensor([0, 0])}  # PET given clean
+        >>> {k: tuple(v.shape) for k, v in model(noisy, per_modality, predict=["ct"]).items()}
+        {'ct': (2, 1, 16, 16)}
     """
 
     def __init__(
@@ -71,6 +85,7 @@ class PairedDiffusionModel(nn.Module):
         filter_init_cutoff: float = 0.4,
         filter_init_strength: float = 0.8,
         use_flash_attention: bool = True,
+        condition_timesteps: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(modalities, str):
@@ -128,6 +143,8 @@ class PairedDiffusionModel(nn.Module):
             "filter_init_strength": float(filter_init_strength),
             "use_flash_attention": bool(use_flash_attention),
         }
+        if condition_timesteps:  # absent when off: configurations written before the option stay equal
+            self._config["condition_timesteps"] = True
         self._modalities = modalities
         self._spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -148,6 +165,7 @@ class PairedDiffusionModel(nn.Module):
                     filter_init_cutoff=filter_init_cutoff,
                     filter_init_strength=filter_init_strength,
                     use_flash_attention=use_flash_attention,
+                    condition_timesteps=bool(condition_timesteps),
                 )
                 for name in modalities
             }
@@ -157,6 +175,11 @@ class PairedDiffusionModel(nn.Module):
     def modalities(self) -> tuple[str, ...]:
         """The modality names, in constructor order."""
         return self._modalities
+
+    @property
+    def condition_timesteps(self) -> bool:
+        """Whether the conditional encoders take their condition's own timestep (the constructor flag)."""
+        return bool(self._config.get("condition_timesteps", False))
 
     @property
     def spatial_dims(self) -> int:
@@ -174,18 +197,21 @@ class PairedDiffusionModel(nn.Module):
         return self.denoisers[name]  # type: ignore[return-value]
 
     def validate_inputs(
-        self, noisy: Mapping[str, torch.Tensor], timesteps: torch.Tensor, check_finite: bool = True
+        self,
+        noisy: Mapping[str, torch.Tensor],
+        timesteps: torch.Tensor | Mapping[str, torch.Tensor],
+        check_finite: bool = True,
     ) -> None:
         """Raise a ``ValueError`` naming the modality, shape or value if ``forward`` cannot take the inputs.
 
         Checks: every modality present and no unknown one; each a tensor ``(B, in_channels, *spatial)`` with
         ``spatial_dims`` spatial dimensions; all modalities of one shape; every spatial size divisible by
         ``2 ** (len(channels) - 1)``; no NaN or Inf (unless ``check_finite=False``); ``timesteps`` a 0-d
-        tensor or a 1-d tensor of length 1 or ``B``.
+        tensor or a 1-d tensor of length 1 or ``B`` (or a dict of such tensors with exactly the modalities).
 
         Args:
             noisy: ``{modality: (B, C, H, W[, D])}``.
-            timesteps: ``(B,)``, ``(1,)`` or scalar tensor.
+            timesteps: ``(B,)``, ``(1,)`` or scalar tensor, or ``{modality: one of these}``.
             check_finite: look for NaN/Inf (one host synchronisation on a GPU); the training engine turns it
                 off because it validates its data where it enters (on the CPU, or once when materialised).
         """
@@ -229,37 +255,76 @@ class PairedDiffusionModel(nn.Module):
         if finite is not None and not bool(finite.all()):
             bad_modalities = [m for m, ok in zip(expected, finite.tolist()) if not ok]
             raise ValueError(f"modality {bad_modalities} contains NaN or Inf values (shape {shape}).")
-        if not isinstance(timesteps, torch.Tensor):
-            raise ValueError(f"timesteps must be a torch.Tensor, got {type(timesteps).__name__}.")
         batch = shape[0]
-        if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.shape[0] not in (1, batch)):
-            raise ValueError(
-                f"timesteps must have shape ({batch},) (one per sample), (1,) or () for a batch of {batch}, "
-                f"got shape {tuple(timesteps.shape)}."
-            )
+        if isinstance(timesteps, Mapping):
+            if sorted(timesteps) != sorted(expected):
+                raise ValueError(
+                    f"per-modality timesteps must have exactly the modalities {expected}, got {list(timesteps)}."
+                )
+            per_modality = {f"timesteps['{m}']": timesteps[m] for m in expected}
+        else:
+            per_modality = {"timesteps": timesteps}
+        for name, t in per_modality.items():
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+            if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, batch)):
+                raise ValueError(
+                    f"{name} must have shape ({batch},) (one per sample), (1,) or () for a batch of {batch}, "
+                    f"got shape {tuple(t.shape)}."
+                )
 
     def forward(
-        self, noisy: Mapping[str, torch.Tensor], timesteps: torch.Tensor, check_finite: bool = True
+        self,
+        noisy: Mapping[str, torch.Tensor],
+        timesteps: torch.Tensor | Mapping[str, torch.Tensor],
+        check_finite: bool = True,
+        predict: Sequence[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Run every denoiser on its own noisy image, conditioned on all the others.
 
         Args:
-            noisy: ``{modality: (B, in_channels, H, W[, D])}`` for every modality, all at timestep ``timesteps``.
-            timesteps: ``(B,)`` (or ``(1,)`` / scalar, shared by the batch).
+            noisy: ``{modality: (B, in_channels, H, W[, D])}`` for every modality, all at timestep ``timesteps``
+                (a modality given clean: its clean image, with timestep 0).
+            timesteps: ``(B,)`` (or ``(1,)`` / scalar, shared by the batch), shared by all modalities; or
+                ``{modality: (B,)}``, each modality at its own timesteps.
             check_finite: reject NaN/Inf inputs (see :meth:`validate_inputs`).
+            predict: the modalities to predict (their denoisers alone run); ``None``: all.
 
         Returns:
-            ``{modality: prediction}``, each of the input's shape.
+            ``{modality: prediction}``, each of the input's shape, for every modality of ``predict``.
         """
         self.validate_inputs(noisy, timesteps, check_finite=check_finite)
+        if predict is None:
+            targets = self._modalities
+        else:
+            unknown = [m for m in predict if m not in self._modalities]
+            if isinstance(predict, str) or unknown or not predict:
+                raise ValueError(
+                    f"predict must be a non-empty list of the modalities {list(self._modalities)}, got {predict!r}."
+                )
+            targets = tuple(m for m in self._modalities if m in predict)
         inputs = {
             m: noisy[m].as_tensor() if isinstance(noisy[m], MetaTensor) else noisy[m]
             for m in self._modalities
         }
         batch = inputs[self._modalities[0]].shape[0]
-        timesteps = timesteps.as_tensor() if isinstance(timesteps, MetaTensor) else timesteps
-        timesteps = timesteps.reshape(-1).expand(batch)
+
+        def _flat(t: torch.Tensor) -> torch.Tensor:
+            return (t.as_tensor() if isinstance(t, MetaTensor) else t).reshape(-1).expand(batch)
+
+        if not isinstance(timesteps, Mapping):
+            shared = _flat(timesteps)
+            return {
+                m: self.denoisers[m](inputs[m], shared, {o: inputs[o] for o in self._modalities if o != m})
+                for m in targets
+            }
+        own = {m: _flat(timesteps[m]) for m in self._modalities}
         return {
-            m: self.denoisers[m](inputs[m], timesteps, {o: inputs[o] for o in self._modalities if o != m})
-            for m in self._modalities
+            m: self.denoisers[m](
+                inputs[m],
+                own[m],
+                {o: inputs[o] for o in self._modalities if o != m},
+                condition_timesteps={o: own[o] for o in self._modalities if o != m},
+            )
+            for m in targets
         }

@@ -3,7 +3,9 @@
 CBAM (Woo et al., "CBAM: Convolutional Block Attention Module", ECCV 2018) applies channel attention then
 spatial attention. Paired Diffusion makes the channel attention timestep-aware: the pooled channel
 descriptors are shifted by a projection of the timestep embedding before the shared MLP, so the network
-can weight conditional channels differently at different noise levels.
+can weight conditional channels differently at different noise levels. When the fused features come
+from conditions at different noise levels (per-modality timesteps), ``forward`` takes one embedding per
+condition and averages their shifts (with equal timesteps this is the single-embedding shift).
 
 Symbols (paper -> code):
     F_avg, F_max (channel descriptors)  -> ``avg_desc``, ``max_desc``  ``(B, C)``
@@ -77,7 +79,8 @@ class TimestepCBAM(nn.Module):
 
         Args:
             x: features ``(B, C, H, W[, D])``.
-            temb: timestep embedding ``(B, E)``.
+            temb: timestep embedding ``(B, E)``, or ``(B, K, E)``: one per condition fused into ``x`` (the
+                conditions' own timesteps), whose channel shifts are averaged.
 
         Returns:
             the attended features, same shape as ``x``.
@@ -87,7 +90,10 @@ class TimestepCBAM(nn.Module):
                 f"x must have shape (B, {self.channels}, <{self.spatial_dims} spatial dims>), got {tuple(x.shape)}."
             )
         spatial = tuple(range(2, x.ndim))
-        shift = self.temb_proj(temb).to(x.dtype).expand(x.shape[0], -1)
+        shift = self.temb_proj(temb)
+        if shift.ndim == 3:  # one embedding per fused condition: the mean of their shifts
+            shift = shift.mean(dim=1)
+        shift = shift.to(x.dtype).expand(x.shape[0], -1)
         # F_avg + e_t and F_max + e_t through the shared MLP in one call: rows [0, B) and [B, 2B)
         desc = torch.cat([x.mean(dim=spatial), x.amax(dim=spatial)], dim=0) + shift.repeat(2, 1)
         avg_out, max_out = self.channel_mlp(desc).chunk(2, dim=0)

@@ -209,7 +209,11 @@ def _gaussian_mask(radius: torch.Tensor, cutoff: torch.Tensor, strength: torch.T
 def _filter_stacked(
     filters: Sequence[TimestepLowPassFilter], x: torch.Tensor, temb: torch.Tensor
 ) -> torch.Tensor:
-    """Filter ``k`` applied to channel block ``k`` of ``x`` ``(B, K * C, *spatial)``; one rfftn / irfftn."""
+    """Filter ``k`` applied to channel block ``k`` of ``x`` ``(B, K * C, *spatial)``; one rfftn / irfftn.
+
+    ``temb`` is ``(B, E)`` (or ``(1, E)``) shared by all filters, or ``(K, B, E)``: filter ``k`` modulated by
+    ``temb[k]``, the timestep embedding of its own input (per-modality timesteps).
+    """
     num = len(filters)
     batch, channels, *spatial = x.shape
     spatial_shape = tuple(spatial)
@@ -217,7 +221,11 @@ def _filter_stacked(
     blocks = x.float().reshape(batch, num, channels // num, *spatial_shape)
     dims = tuple(range(3, blocks.ndim))
     spectrum = torch.fft.rfftn(blocks, dim=dims)
-    parameters = [f.filter_parameters(temb) for f in filters]
+    if temb.ndim == 3 and temb.shape[0] != num:
+        raise ValueError(
+            f"a stacked temb must have one embedding per filter ({num}), got shape {tuple(temb.shape)}."
+        )
+    parameters = [f.filter_parameters(temb[k] if temb.ndim == 3 else temb) for k, f in enumerate(filters)]
     cutoff = torch.stack([c for c, _ in parameters], dim=1)  # (B or 1, K)
     strength = torch.stack([s for _, s in parameters], dim=1)
     radius = TimestepLowPassFilter.radial_frequency(spatial_shape, device=x.device)
