@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.utils import look_up_option
 
 from .mixed_dataset_epoch_handler import MixedDatasetEpochHandler
 from .synthesis_pool import PoolGenerationError, PoolUpdate, RefillOrder, SynthesisPool
@@ -97,12 +98,7 @@ class PoolRefreshHandler:
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}.")
         if order is not None:
-            try:
-                order = RefillOrder(order)
-            except ValueError:
-                raise ValueError(
-                    f"order must be one of {[o.value for o in RefillOrder]}, got {order!r}."
-                ) from None
+            order = look_up_option(order, RefillOrder)
         self.pool = pool
         self.every_n_epochs = every_n_epochs
         self.fraction = float(fraction)

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from monai.data import MetaTensor
+from monai.utils import look_up_option
 
 from monai_pairsynth.data.nifti_io import affine_from_spacing
 from monai_pairsynth.data.validation import check_allocation, finite_rows
@@ -165,18 +166,8 @@ class SynthesisPool(PoolFiles):
             raise ValueError(
                 f"quality_filter must have a select(batch, mode=...) method, got {type(quality_filter).__name__}."
             )
-        try:
-            self.storage = PoolStorage(storage)
-        except ValueError:
-            raise ValueError(
-                f"storage must be one of {[s.value for s in PoolStorage]}, got {storage!r}."
-            ) from None
-        try:
-            self.refill_order = RefillOrder(refill_order)
-        except ValueError:
-            raise ValueError(
-                f"refill_order must be one of {[o.value for o in RefillOrder]}, got {refill_order!r}."
-            ) from None
+        self.storage = look_up_option(storage, PoolStorage)
+        self.refill_order = look_up_option(refill_order, RefillOrder)
         if specs is None:
             self.specs = resolve_specs(keys)
         else:
@@ -563,12 +554,7 @@ class SynthesisPool(PoolFiles):
         if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}.")
         if order is not None:
-            try:
-                order = RefillOrder(order)
-            except ValueError:
-                raise ValueError(
-                    f"order must be one of {[o.value for o in RefillOrder]}, got {order!r}."
-                ) from None
+            order = look_up_option(order, RefillOrder)
         return self._update(max(1, round(fraction * self.capacity)), order)
 
     def refill_async(

@@ -35,7 +35,7 @@ from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms.transform import MapTransform, RandomizableTransform
-from monai.utils import TransformBackends
+from monai.utils import TransformBackends, look_up_option
 
 from monai_pairsynth.data.validation import check_matching_shapes
 from monai_pairsynth.modalities import ModalitySpec
@@ -77,13 +77,6 @@ class SynthesisFallback(str, Enum):
 
     REAL = "real"
     ERROR = "error"
-
-
-def _enum(enum_cls: type[Enum], value: Any, name: str) -> Any:
-    try:
-        return enum_cls(value)
-    except ValueError:
-        raise ValueError(f"{name} must be one of {[m.value for m in enum_cls]}, got {value!r}.") from None
 
 
 def _like(synthetic: MetaTensor, original: Any, key: Hashable) -> Any:
@@ -154,8 +147,8 @@ class SynthesizePaired(RandomizableTransform):
         specs: Mapping[str, ModalitySpec] | None = None,
     ) -> None:
         RandomizableTransform.__init__(self, prob=1.0)
-        self.mode = _enum(SynthesisMode, mode, "mode")
-        self.units = _enum(PoolStorage, units, "units")
+        self.mode = look_up_option(mode, SynthesisMode)
+        self.units = look_up_option(units, PoolStorage)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength!r}.")
         self.strength = float(strength)
@@ -352,7 +345,7 @@ class SynthesizePairedd(RandomizableTransform, MapTransform):
         ):
             raise ValueError(f"prob must be a number in [0, 1], got {prob!r}.")
         RandomizableTransform.__init__(self, prob)
-        self.fallback = _enum(SynthesisFallback, fallback, "fallback")
+        self.fallback = look_up_option(fallback, SynthesisFallback)
         if not isinstance(synthetic_key, str) or not synthetic_key:
             raise ValueError(f"synthetic_key must be a non-empty string, got {synthetic_key!r}.")
         if synthetic_key in self.keys:

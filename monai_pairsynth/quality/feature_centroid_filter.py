@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.utils import look_up_option
 from torch import nn
 
 from monai_pairsynth.data.validation import check_finite_features
@@ -175,18 +176,8 @@ class FeatureCentroidFilter(CentroidFeaturesMixin, FilterStateMixin):
             )
         if not isinstance(num_strata, int) or isinstance(num_strata, bool) or num_strata < 1:
             raise ValueError(f"num_strata must be an integer >= 1, got {num_strata!r}.")
-        try:
-            strata = StrataMethod(strata)
-        except ValueError:
-            raise ValueError(
-                f"strata must be one of {[s.value for s in StrataMethod]}, got {strata!r}."
-            ) from None
-        try:
-            units = IntensityUnits(units)
-        except ValueError:
-            raise ValueError(
-                f"units must be one of {[u.value for u in IntensityUnits]}, got {units!r}."
-            ) from None
+        strata = look_up_option(strata, StrataMethod)
+        units = look_up_option(units, IntensityUnits)
         if isinstance(image_keys, str):
             raise ValueError(f"image_keys must be a sequence of keys, got the string {image_keys!r}.")
         image_keys = [str(k) for k in image_keys]
@@ -532,12 +523,7 @@ class FeatureCentroidFilter(CentroidFeaturesMixin, FilterStateMixin):
             :class:`SelectionResult` (``reason_counts()`` counts every rule's rejections); the running
             :attr:`counts` are updated.
         """
-        try:
-            mode = SelectionMode(mode)
-        except ValueError:
-            raise ValueError(
-                f"mode must be one of {[m.value for m in SelectionMode]}, got {mode!r}."
-            ) from None
+        mode = look_up_option(mode, SelectionMode)
         self._require_fitted("select")
         keep = check_mode_arguments(mode, self.certainty, ratio, num_real, max_accept)
         if scores is None:

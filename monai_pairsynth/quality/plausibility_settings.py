@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from monai.utils import look_up_option
 
 from monai_pairsynth.modalities import ModalitySpec
 
@@ -111,12 +112,7 @@ class PlausibilitySettings:
         empty_mask = self.empty_mask
         if isinstance(empty_mask, bool):
             empty_mask = EmptyMaskRule.ON if empty_mask else EmptyMaskRule.OFF
-        try:
-            empty_mask = EmptyMaskRule(empty_mask)
-        except ValueError:
-            raise ValueError(
-                f"empty_mask must be one of {[m.value for m in EmptyMaskRule]} (or a bool), got {empty_mask!r}."
-            ) from None
+        empty_mask = look_up_option(empty_mask, EmptyMaskRule)
         if not is_int(self.min_mask_voxels) or self.min_mask_voxels < 1:
             raise ValueError(f"min_mask_voxels must be an integer >= 1, got {self.min_mask_voxels!r}.")
         fraction = self.empty_mask_real_fraction

@@ -21,6 +21,7 @@ from enum import Enum
 
 import torch
 import torch.nn.functional as F
+from monai.utils import look_up_option
 
 __all__ = ["TripletCorruption", "corrupt_triplets"]
 
@@ -67,12 +68,7 @@ def corrupt_triplets(
         >>> float((moved * label).sum()), float(moved.sum())
         (0.0, 4.0)
     """
-    try:
-        corruption = TripletCorruption(corruption)
-    except ValueError:
-        raise ValueError(
-            f"corruption must be one of {[c.value for c in TripletCorruption]}, got {corruption!r}."
-        ) from None
+    corruption = look_up_option(corruption, TripletCorruption)
     for key in (ct_key, pet_key, label_key):
         if key not in batch:
             raise KeyError(f"key {key!r} is missing from the batch (it has keys {sorted(batch)}).")

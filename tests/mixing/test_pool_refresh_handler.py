@@ -212,7 +212,7 @@ def test_multiworker_training_with_refresh():
         ({"every_n_epochs": 0}, "every_n_epochs"),
         ({"fraction": 0}, "fraction"),
         ({"fraction": 1.5}, "fraction"),
-        ({"order": "newest"}, "order"),
+        ({"order": "newest"}, r"'newest'(?s:.*)Available options are"),
         ({"dataset": [1, 2]}, "MixedDataset"),
         ({"pool": "pool"}, "SynthesisPool"),
     ],

@@ -136,8 +136,8 @@ def test_partial_pool_refill_fills_empty_slots_first():
         ({"spatial_shape": (16, 0)}, "spatial_shape"),
         ({"spacing": -1.0}, "spacing"),
         ({"spacing": (1.0, 2.0, 3.0)}, "spacing"),
-        ({"storage": "hu"}, "storage"),
-        ({"refill_order": "newest"}, "refill_order"),
+        ({"storage": "hu"}, r"'hu'(?s:.*)Available options are"),
+        ({"refill_order": "newest"}, r"'newest'(?s:.*)Available options are"),
         ({"keys": ("ct", "mr")}, "mr"),
         ({"source": 3}, "source"),
         ({"quality_filter": object()}, "select"),
@@ -155,6 +155,8 @@ def test_refill_fraction_validation_and_index_errors():
     for bad in (0, 1.5, -0.1):
         with pytest.raises(ValueError, match="fraction"):
             pool.refill(bad)
+    with pytest.raises(ValueError, match=r"'newest'(?s:.*)Available options are"):
+        pool.refill(0.5, order="newest")
     with pytest.raises(EmptyPoolError, match="empty"):
         pool.sample(torch.Generator().manual_seed(0))
     with pytest.raises(IndexError, match="out of range"):

@@ -211,6 +211,13 @@ def test_pool_mode_validates_the_candidate_count(fitted, kwargs, match):
         fitted.select(scores=scores, mode="pool", **kwargs)
 
 
+def test_unknown_selection_mode_names_the_choices(fitted):
+    with pytest.raises(
+        ValueError, match=r"(?s)'batch'.*Available options are \{'(pool|streaming)', '(pool|streaming)'\}"
+    ):
+        fitted.select(scores=make_scores([0.1] * 4, [0.5] * 4), mode="batch")
+
+
 # ---------------------------------------------------------------- streaming mode and the guard
 
 
@@ -481,8 +488,14 @@ def test_empty_real_set(empty):
         ({"mc_passes": 0}, "mc_passes"),
         ({"mc_passes": -2}, "mc_passes"),
         ({"num_strata": 0}, "num_strata"),
-        ({"strata": "random"}, r"strata must be one of \['kmeans', 'tumour_size'\]"),
-        ({"units": "hu"}, r"units must be one of \['normalized', 'physical'\]"),
+        (
+            {"strata": "random"},
+            r"(?s)'random'.*Available options are \{'(kmeans|tumour_size)', '(kmeans|tumour_size)'\}",
+        ),
+        (
+            {"units": "hu"},
+            r"(?s)'hu'.*Available options are \{'(normalized|physical)', '(normalized|physical)'\}",
+        ),
         ({"distance_quantile": 1.2}, "distance_quantile"),
         ({"image_keys": "ct"}, "string"),
         ({"image_keys": ["ct", "label"]}, "also one of image_keys"),
