@@ -8,6 +8,9 @@ A checkpoint is a ``dict`` written with :func:`monai_pairsynth.utils.atomic_save
     model, ema_model             state dicts (ema_model: the EMA weights used for sampling, or None)
     noise_scheduler              {"num_train_timesteps", "schedule", "prediction_type", "schedule_args"}
     offset_noise_scale           offset noise std used in training (samplers start from the same noise law)
+    per_modality_timesteps       {"independent_timestep_prob", "clean_prob"} of the prepare-batch: p > 0 means the
+                                 model learnt modalities given clean at t = 0, so conditional sampling feeds them
+                                 so (absent in checkpoints written before the option: shared timesteps only)
     modality_specs               {modality: ModalitySpec.to_dict()}
     spatial_size, spacing        training grid (e.g. [64, 64], 4.0 mm)
     optimizer, scaler            optimiser state (per-modality param groups) and AMP GradScaler state
@@ -145,6 +148,14 @@ def _rng_state(prepare_batch: Any = None, data_generator: torch.Generator | None
     return state
 
 
+def _per_modality_timesteps(prepare_batch: Any) -> dict[str, float] | None:
+    """How the run drew timesteps (``None`` without a prepare-batch that tells)."""
+    prob = getattr(prepare_batch, "independent_timestep_prob", None)
+    if prob is None:
+        return None
+    return {"independent_timestep_prob": float(prob), "clean_prob": float(prepare_batch.clean_prob)}
+
+
 def build_paired_checkpoint(
     model: nn.Module,
     *,
@@ -172,7 +183,8 @@ def build_paired_checkpoint(
         modality_specs: specs of the modalities (default: the package defaults for the model's modalities).
         spatial_size, spacing: training grid.
         loss_function: its ``perceptual_weight`` is stored.
-        prepare_batch: its ``generator`` state and ``offset_noise_scale`` are stored.
+        prepare_batch: its ``generator`` state, ``offset_noise_scale`` and per-modality-timestep options
+            (``independent_timestep_prob``, ``clean_prob``) are stored.
         ema_handler: ignite ``EMAHandler``; its EMA model and warm-up position are stored.
         data_generator: the ``DataLoader``'s generator (shuffling order), stored for exact resume.
     """
@@ -203,6 +215,7 @@ def build_paired_checkpoint(
         "offset_noise_scale": None
         if getattr(prepare_batch, "offset_noise_scale", None) is None
         else float(prepare_batch.offset_noise_scale),
+        "per_modality_timesteps": _per_modality_timesteps(prepare_batch),
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "scaler": None if scaler is None else scaler.state_dict(),
         "trainer": None,

@@ -40,6 +40,10 @@ class PairedNoiseInferer(Inferer):
     ``network(noisy_dict, timesteps)`` predicts all modalities at once, so every denoiser sees the others'
     noisy images at the same timestep. Sampling lives in :mod:`monai_pairsynth.inferers`.
 
+    With per-modality timesteps (``timesteps={modality: (B,)}`` and ``clean={modality: (B,) bool}``, from
+    :class:`PairedDiffusionPrepareBatch` with ``independent_timestep_prob > 0``) each modality is noised at its
+    own timesteps, a clean one enters as its clean image (t = 0), and the network gets the dict of timesteps.
+
     Args:
         scheduler: the MONAI noise scheduler used for training.
         autocast_dtype: run the network under ``torch.autocast`` of the inputs' device type with this dtype
@@ -83,13 +87,15 @@ class PairedNoiseInferer(Inferer):
         inputs: Mapping[str, torch.Tensor],
         network: Callable[..., Mapping[str, torch.Tensor]],
         noise: Mapping[str, torch.Tensor],
-        timesteps: torch.Tensor,
+        timesteps: torch.Tensor | Mapping[str, torch.Tensor],
+        clean: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Args:
             inputs: ``{modality: (B, C, *spatial)}`` clean images x0.
             network: callable ``(noisy: dict, timesteps) -> dict`` of predictions.
             noise: ``{modality: (B, C, *spatial)}`` noise to add.
-            timesteps: ``(B,)`` timesteps shared by all modalities.
+            timesteps: ``(B,)`` timesteps shared by all modalities, or ``{modality: (B,)}``.
+            clean: ``{modality: (B,) bool}``: samples where the modality enters clean, not noised.
 
         Returns:
             ``{modality: (B, C, *spatial)}`` predictions.
@@ -97,10 +103,23 @@ class PairedNoiseInferer(Inferer):
         missing = [m for m in inputs if m not in noise]
         if missing:
             raise KeyError(f"no noise given for modality {missing}; noise has {sorted(noise)}.")
+        per_modality = isinstance(timesteps, Mapping)
+        if per_modality:
+            missing = [m for m in inputs if m not in timesteps]
+            if missing:
+                raise KeyError(
+                    f"no timesteps given for modality {missing}; timesteps has {sorted(timesteps)}."
+                )
         noisy = {
-            m: self.scheduler.add_noise(original_samples=x, noise=noise[m], timesteps=timesteps)
+            m: self.scheduler.add_noise(
+                original_samples=x, noise=noise[m], timesteps=timesteps[m] if per_modality else timesteps
+            )
             for m, x in inputs.items()
         }
+        for m, flags in (clean or {}).items():
+            if m in noisy:  # a given modality: its clean image
+                mask = flags.to(device=noisy[m].device, dtype=torch.bool)
+                noisy[m] = torch.where(mask.reshape(-1, *(1,) * (noisy[m].ndim - 1)), inputs[m], noisy[m])
         extra = {} if self.check_finite else {"check_finite": False}
         if self.compile_network:
             if self._compiled is None or self._compiled[0] != id(network):

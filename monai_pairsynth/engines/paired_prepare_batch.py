@@ -1,4 +1,5 @@
-"""Prepare-batch for linked diffusion training: one shared timestep, independent offset noise per modality."""
+"""Prepare-batch for linked diffusion training: one shared timestep (or, with a chosen probability, one per
+modality, some of them clean), independent offset noise per modality."""
 
 from __future__ import annotations
 
@@ -68,8 +69,19 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
     :class:`~monai_pairsynth.engines.PairedNoiseInferer`) and ``loss_function(prediction, targets)`` (a
     :class:`~monai_pairsynth.losses.PairedDiffusionLoss`). Keys other than the modalities are ignored.
 
+    **Per-modality timesteps** (``independent_timestep_prob`` p > 0, the UniDiffuser idea applied to the
+    linked denoisers): each sample is, with probability p, drawn *conditional*: every modality gets its own
+    timestep uniform in ``[0, T)`` and, with probability ``clean_prob``, is instead **given clean** (t = 0,
+    its clean image as the input, left out of the loss); at least one modality of a sample stays noised.
+    The other samples keep the shared timestep (the joint case). Then ``kwargs["timesteps"]`` is
+    ``{modality: (B,)}`` and ``kwargs["clean"]`` ``{modality: (B,) bool}`` (also in ``targets``), which
+    :class:`~monai_pairsynth.engines.PairedNoiseInferer` and
+    :class:`~monai_pairsynth.losses.PairedDiffusionLoss` understand. A model trained so can be sampled
+    with any subset of modalities given clean (``PairedDiffusionInferer.sample(known=...)``).
+
     Draw order, per batch: timesteps, then per modality (in ``modalities`` order) its iid noise and its offset
-    constants; with a ``generator`` the same seed gives the same draws. Overridable hooks as in MONAI's
+    constants, then (only when p > 0) the per-modality draws of :meth:`get_modality_timesteps`; with a
+    ``generator`` the same seed gives the same draws, and p = 0 draws exactly what it always drew. Overridable hooks as in MONAI's
     ``DiffusionPrepareBatch``: :meth:`get_timesteps`, :meth:`get_noise`, :meth:`get_target`.
 
     Args:
@@ -80,6 +92,9 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         prediction_type: ``"epsilon"`` (target = noise, default), ``"v_prediction"`` (target = the scheduler's
             ``get_velocity``) or ``"sample"`` (target = x0).
         scheduler: the MONAI noise scheduler; required for ``"v_prediction"``.
+        independent_timestep_prob: probability that a sample gets per-modality timesteps (0, the default:
+            every sample shares one timestep, as always).
+        clean_prob: in such a sample, the probability that a modality is given clean (t = 0).
 
     Raises (when called): ``KeyError`` naming a missing modality; ``ValueError`` naming the modalities and
     shapes when spatial shapes or batch sizes differ, or the modality holding NaN/Inf (checked on CPU
@@ -96,6 +111,12 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         (['ct', 'pet'], (2,), (2, 1, 8, 8))
         >>> torch.equal(targets["target"]["ct"], kwargs["noise"]["ct"])
         True
+        >>> cond = PairedDiffusionPrepareBatch(("ct", "pet"), 1000, independent_timestep_prob=1.0)
+        >>> _, _, _, kw = cond(batch)
+        >>> sorted(kw["timesteps"]), sorted(kw["clean"])
+        (['ct', 'pet'], ['ct', 'pet'])
+        >>> bool((kw["clean"]["ct"] & kw["clean"]["pet"]).any())  # one modality of each sample stays noised
+        False
     """
 
     def __init__(
@@ -106,6 +127,8 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         generator: torch.Generator | None = None,
         prediction_type: str = DDPMPredictionType.EPSILON,
         scheduler: Scheduler | None = None,
+        independent_timestep_prob: float = 0.0,
+        clean_prob: float = 0.5,
     ) -> None:
         if isinstance(modalities, str):
             raise ValueError(f"modalities must be a sequence of names, got the string {modalities!r}.")
@@ -131,6 +154,18 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
                 f"num_train_timesteps={num_train_timesteps} differs from the scheduler's "
                 f"num_train_timesteps={scheduler.num_train_timesteps}."
             )
+        for name, value in (
+            ("independent_timestep_prob", independent_timestep_prob),
+            ("clean_prob", clean_prob),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0.0 <= float(value) <= 1.0
+            ):
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
+        if independent_timestep_prob > 0 and len(modalities) < 2:
+            raise ValueError("independent_timestep_prob > 0 needs at least two modalities.")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
         super().__init__(num_train_timesteps=int(num_train_timesteps))
@@ -139,6 +174,8 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.generator = generator
         self.prediction_type = str(DDPMPredictionType(prediction_type).value)
         self.scheduler = scheduler
+        self.independent_timestep_prob = float(independent_timestep_prob)
+        self.clean_prob = float(clean_prob)
 
     # ---- hooks (MONAI DiffusionPrepareBatch names) ----
     def get_noise(self, images: torch.Tensor) -> torch.Tensor:
@@ -154,6 +191,37 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
             0, self.num_train_timesteps, (images.shape[0],), generator=self.generator, device=draw_device
         )
         return t.long().to(images.device)
+
+    def get_modality_timesteps(
+        self, timesteps: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per-modality timesteps and clean flags from the shared ``(B,)`` timesteps (see the class docstring).
+
+        Draws, in this order and always all of them: ``B`` uniforms (which samples are conditional), ``(M, B)``
+        timesteps, ``(M, B)`` uniforms (which modalities are clean) and ``B`` modality indices (the one that
+        stays noised when all were drawn clean), so the draws do not depend on their values.
+
+        Returns:
+            ``({modality: (B,) long}, {modality: (B,) bool})``; clean modalities have timestep 0.
+        """
+        batch, num = timesteps.shape[0], len(self.modalities)
+        g = self.generator
+        dev = g.device if g is not None else timesteps.device
+        conditional = torch.rand(batch, generator=g, device=dev) < self.independent_timestep_prob
+        own = torch.randint(0, self.num_train_timesteps, (num, batch), generator=g, device=dev)
+        clean = torch.rand(num, batch, generator=g, device=dev) < self.clean_prob
+        keep_noised = torch.randint(0, num, (batch,), generator=g, device=dev)
+        all_clean = clean.all(dim=0)
+        clean[keep_noised, torch.arange(batch, device=dev)] &= ~all_clean
+        clean &= conditional
+        shared = timesteps.to(dev).long()
+        own = torch.where(conditional, own, shared)
+        own = torch.where(clean, torch.zeros_like(own), own)
+        device = timesteps.device
+        return (
+            {m: own[i].to(device) for i, m in enumerate(self.modalities)},
+            {m: clean[i].to(device) for i, m in enumerate(self.modalities)},
+        )
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Regression target per ``prediction_type``: the noise, the velocity or the clean images."""
@@ -216,6 +284,11 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         reference = images[self.modalities[0]]
         timesteps = self.get_timesteps(reference)
         noise = {m: self.get_noise(images[m]) for m in self.modalities}
-        target = {m: self.get_target(images[m], noise[m], timesteps) for m in self.modalities}
-        targets = make_paired_target(target, images, noise, timesteps)
-        return images, targets, (), {"noise": noise, "timesteps": timesteps}
+        if self.independent_timestep_prob <= 0:  # the joint case: nothing else drawn
+            target = {m: self.get_target(images[m], noise[m], timesteps) for m in self.modalities}
+            targets = make_paired_target(target, images, noise, timesteps)
+            return images, targets, (), {"noise": noise, "timesteps": timesteps}
+        own, clean = self.get_modality_timesteps(timesteps)
+        target = {m: self.get_target(images[m], noise[m], own[m]) for m in self.modalities}
+        targets = make_paired_target(target, images, noise, own, clean=clean)
+        return images, targets, (), {"noise": noise, "timesteps": own, "clean": clean}

@@ -349,24 +349,38 @@ def _attach_run_handlers(
         )
 
 
+def _check_per_modality_timesteps(model: nn.Module, independent_timestep_prob: float) -> None:
+    """Warn when per-modality timesteps train a model whose conditional encoders cannot see them."""
+    if independent_timestep_prob > 0 and not getattr(model, "condition_timesteps", True):
+        logger.warning(
+            "independent_timestep_prob=%s with a model built without condition_timesteps=True: its filters and "
+            "CBAMs see each condition's own timestep, its conditional encoders do not.",
+            independent_timestep_prob,
+        )
+
+
 def _noise_parts(
-    modalities: Sequence[str],
+    model: nn.Module,
     noise_scheduler: Mapping[str, Any] | None,
     offset_noise_scale: float,
     generator: torch.Generator | None,
     autocast_dtype: torch.dtype | str | None,
     compile_network: bool,
+    timestep_options: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Any], DDPMScheduler, PairedDiffusionPrepareBatch, PairedNoiseInferer]:
     """The noise scheduler (config and object), the prepare-batch that noises the batch and the training inferer."""
+    t_options = dict(timestep_options or {})
+    _check_per_modality_timesteps(model, float(t_options.get("independent_timestep_prob", 0.0)))
     sched_cfg = noise_scheduler_config(**dict(noise_scheduler or {}))
     scheduler = create_noise_scheduler(sched_cfg)
     prepare_batch = PairedDiffusionPrepareBatch(
-        modalities,
+        tuple(model.modalities),
         sched_cfg["num_train_timesteps"],
         offset_noise_scale=offset_noise_scale,
         generator=generator,
         prediction_type=sched_cfg["prediction_type"],
         scheduler=scheduler,
+        **t_options,
     )
     # the data is validated where it enters (prepare_batch on CPU batches, DeviceTripletLoader once), so the
     # model's own NaN/Inf check, a host sync on a GPU, is off in training
@@ -398,6 +412,8 @@ def create_paired_trainer(
     optimizer: torch.optim.Optimizer | None = None,
     noise_scheduler: Mapping[str, Any] | None = None,
     offset_noise_scale: float = 0.1,
+    independent_timestep_prob: float = 0.0,
+    clean_prob: float = 0.5,
     generator: torch.Generator | None = None,
     loss_function: PairedDiffusionLoss | None = None,
     perceptual_weight: float = 0.0,
@@ -449,6 +465,13 @@ def create_paired_trainer(
         noise_scheduler: :func:`noise_scheduler_config` keys (``num_train_timesteps``, ``schedule``,
             ``prediction_type``, ``schedule_args``); default 1000-step linear DDPM, epsilon prediction.
         offset_noise_scale: std of the per-image offset noise constant (paper: 0.1).
+        independent_timestep_prob: probability that a training sample gets per-modality timesteps, some
+            modalities given clean (t = 0) with probability ``clean_prob`` (see
+            :class:`PairedDiffusionPrepareBatch`); the checkpoint records both, and a model so trained is
+            sampled conditionally with the given modalities clean. 0 (default): shared timesteps only. Use it
+            with a model built with ``condition_timesteps=True`` (its encoders then see each condition's
+            own timestep).
+        clean_prob: probability that a modality of such a sample is given clean.
         generator: ``torch.Generator`` of the noise and timestep draws (saved in checkpoints).
         loss_function: use this loss instead of building a ``PairedDiffusionLoss``.
         perceptual_weight: weight of the perceptual term once switched on; 0 disables it.
@@ -500,7 +523,7 @@ def create_paired_trainer(
     Returns:
         the trainer; ``trainer.paired`` is a :class:`PairedTrainingParts` (EMA model, loss, saver, ...).
     """
-    device, modalities, specs = _check_trainer_arguments(
+    device, _modalities, specs = _check_trainer_arguments(
         model,
         max_epochs,
         log_every,
@@ -514,8 +537,9 @@ def create_paired_trainer(
     )
 
     model = model.to(device)
+    t_options = {"independent_timestep_prob": independent_timestep_prob, "clean_prob": clean_prob}
     sched_cfg, scheduler, prepare_batch, inferer = _noise_parts(
-        modalities, noise_scheduler, offset_noise_scale, generator, autocast_dtype, compile_network
+        model, noise_scheduler, offset_noise_scale, generator, autocast_dtype, compile_network, t_options
     )
     if loss_function is None:
         loss_function = PairedDiffusionLoss(

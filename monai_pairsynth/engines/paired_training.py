@@ -199,10 +199,14 @@ def _build_model(
     spatial_dims: int,
     model_kwargs: Mapping[str, Any] | None,
     spatial_size: Sequence[int] | None,
+    independent_timestep_prob: float = 0.0,
 ) -> PairedDiffusionModel:
     """The linked model for :func:`train_paired_diffusion` (CPU-default widths unless ``model_kwargs``), checked
-    against the data's spatial size."""
+    against the data's spatial size; with per-modality timesteps its encoders take them
+    (``condition_timesteps=True``) unless ``model_kwargs`` says otherwise."""
     kwargs = dict(DEFAULT_CPU_MODEL_KWARGS if model_kwargs is None else model_kwargs)
+    if independent_timestep_prob > 0:
+        kwargs.setdefault("condition_timesteps", True)
     for reserved in ("modalities", "spatial_dims"):
         if reserved in kwargs:
             raise ValueError(f"model_kwargs must not set {reserved!r}: it comes from the data.")
@@ -258,6 +262,8 @@ def train_paired_diffusion(
     model_kwargs: Mapping[str, Any] | None = None,
     noise_scheduler: Mapping[str, Any] | None = None,
     offset_noise_scale: float = 0.1,
+    independent_timestep_prob: float = 0.0,
+    clean_prob: float = 0.5,
     perceptual_weight: float = 0.1,
     perceptual_start_epoch: int = 50,
     perceptual_mode: PerceptualMode | str = PerceptualMode.CROSS_MODAL,
@@ -303,6 +309,9 @@ def train_paired_diffusion(
             modalities and ``spatial_dims`` come from the data).
         noise_scheduler: :func:`~monai_pairsynth.engines.noise_scheduler_config` keys.
         offset_noise_scale: offset noise std.
+        independent_timestep_prob, clean_prob: per-modality timesteps with modalities given clean (see
+            :func:`create_paired_trainer`); 0 (default): shared timesteps. With p > 0 the model is built with
+            ``condition_timesteps=True`` unless ``model_kwargs`` sets it.
         perceptual_weight, perceptual_start_epoch, perceptual_mode, feature_weights_path: perceptual term
             (weight 0 disables it).
         snr_gamma, foreground_weight: Min-SNR-gamma and foreground-pixel weighting of the loss (see
@@ -343,7 +352,7 @@ def train_paired_diffusion(
         set_determinism(seed=seed)
     torch.manual_seed(seed)
 
-    model = _build_model(modalities, spatial_dims, model_kwargs, spatial_size)
+    model = _build_model(modalities, spatial_dims, model_kwargs, spatial_size, independent_timestep_prob)
 
     data_summary: dict[str, Any] = {}
     dataset = build_training_dataset(
@@ -380,6 +389,10 @@ def train_paired_diffusion(
         "model_config": model.get_config(),
         "noise_scheduler": dict(noise_scheduler or {}),
         "offset_noise_scale": offset_noise_scale,
+        "per_modality_timesteps": {
+            "independent_timestep_prob": independent_timestep_prob,
+            "clean_prob": clean_prob,
+        },
         "perceptual_weight": perceptual_weight,
         "perceptual_start_epoch": perceptual_start_epoch,
         "perceptual_mode": PerceptualMode(perceptual_mode).value,
@@ -406,6 +419,8 @@ def train_paired_diffusion(
         weight_decay=weight_decay,
         noise_scheduler=noise_scheduler,
         offset_noise_scale=offset_noise_scale,
+        independent_timestep_prob=independent_timestep_prob,
+        clean_prob=clean_prob,
         generator=generator,
         perceptual_weight=perceptual_weight,
         perceptual_start_epoch=perceptual_start_epoch,

@@ -84,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="linear_beta")
     p.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction", "sample"))
     p.add_argument("--offset-noise-scale", type=float, default=0.1)
+    p.add_argument(
+        "--independent-timestep-prob",
+        type=float,
+        default=0.0,
+        help="probability of per-modality timesteps per sample, some modalities given clean at t = 0 (conditional "
+        "sampling with known modalities then feeds them clean); default 0: shared timesteps",
+    )
+    p.add_argument(
+        "--clean-prob",
+        type=float,
+        default=0.5,
+        help="in such a sample, probability that a modality is given clean",
+    )
     p.add_argument("--perceptual-weight", type=float, default=0.1, help="0 disables the perceptual term")
     p.add_argument("--perceptual-start-epoch", type=int, default=50)
     p.add_argument("--perceptual-mode", default="cross_modal", choices=("cross_modal", "reconstruction"))
@@ -170,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "prediction_type": args.prediction_type,
             },
             offset_noise_scale=args.offset_noise_scale,
+            independent_timestep_prob=args.independent_timestep_prob,
+            clean_prob=args.clean_prob,
             perceptual_weight=args.perceptual_weight,
             perceptual_start_epoch=args.perceptual_start_epoch,
             perceptual_mode=args.perceptual_mode,

@@ -14,6 +14,11 @@ where the perceptual term ``P_m`` compares features of the x0 estimate recovered
   which rewards structural agreement between the modalities of a triplet;
 - ``reconstruction``: ``P_m = d(F(x0_hat_m), F(x0_m))``, towards the modality's own ground truth.
 
+With per-modality timesteps (``timesteps`` a dict ``{modality: (B,)}``, see
+:class:`~monai_pairsynth.engines.PairedDiffusionPrepareBatch`) every modality's terms use its own ``t``, and a
+modality given clean in a sample (``clean[m]`` true: it was an input, not something to predict) is left out
+of that sample's terms: its MSE is the mean over the samples where it was noised, its perceptual term skips it.
+
 ``d`` is the LPIPS-style distance (Zhang et al. 2018) without learned weights: each feature vector is
 normalised to unit length over channels, the squared difference is averaged over space and summed over
 the feature maps. ``F`` is pluggable (any module mapping ``(B, 1, *spatial)`` to a list of feature maps);
@@ -59,7 +64,8 @@ def make_paired_target(
     target: Mapping[str, torch.Tensor],
     original: Mapping[str, torch.Tensor],
     noise: Mapping[str, torch.Tensor],
-    timesteps: torch.Tensor,
+    timesteps: torch.Tensor | Mapping[str, torch.Tensor],
+    clean: Mapping[str, torch.Tensor] | None = None,
 ) -> dict:
     """The structured target that lets :class:`PairedDiffusionLoss` recover x0 estimates.
 
@@ -67,13 +73,39 @@ def make_paired_target(
         target: ``{modality: (B, C, *spatial)}`` regression target (noise, velocity or the clean sample).
         original: ``{modality: (B, C, *spatial)}`` clean samples x0 in [-1, 1].
         noise: ``{modality: (B, C, *spatial)}`` the noise that was added.
-        timesteps: ``(B,)`` long tensor, shared by all modalities.
+        timesteps: ``(B,)`` long tensor, shared by all modalities, or ``{modality: (B,)}`` (per-modality
+            timesteps).
+        clean: ``{modality: (B,) bool}``: the samples where the modality was given clean (t = 0, not noised);
+            they are left out of its loss terms. ``None``: none.
     """
-    return {"target": dict(target), "original": dict(original), "noise": dict(noise), "timesteps": timesteps}
+    out = {"target": dict(target), "original": dict(original), "noise": dict(noise), "timesteps": timesteps}
+    if clean is not None:
+        out["clean"] = dict(clean)
+    return out
 
 
 def _is_structured(target: Mapping) -> bool:
     return all(k in target for k in PAIRED_TARGET_KEYS) and isinstance(target["target"], Mapping)
+
+
+def _modality_timesteps(target: Mapping, modality: str) -> torch.Tensor:
+    """The timesteps of ``modality`` in a structured target (shared, or its own with per-modality timesteps)."""
+    timesteps = target["timesteps"]
+    if isinstance(timesteps, Mapping):
+        if modality not in timesteps:
+            raise KeyError(
+                f"the target's per-modality timesteps lack {modality!r}; they have {sorted(timesteps)}."
+            )
+        return timesteps[modality]
+    return timesteps
+
+
+def _noised(target: Mapping, modality: str) -> torch.Tensor | None:
+    """``(B,)`` bool: the samples where ``modality`` was noised (not given clean); ``None``: all of them."""
+    clean = target.get("clean")
+    if not clean or modality not in clean:
+        return None
+    return ~clean[modality].bool()
 
 
 def _expand(values: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -330,7 +362,6 @@ class PairedDiffusionLoss(nn.Module):
             raise KeyError(
                 f"foreground_weight names modalities {unknown} that the target lacks; it has {modalities}."
             )
-        sample_weight = self._snr_weight(target["timesteps"]) if self.snr_gamma is not None else None
         comps: dict[str, torch.Tensor] = {}
         mse_total = None
         for m in modalities:
@@ -339,7 +370,11 @@ class PairedDiffusionLoss(nn.Module):
                 raise ValueError(
                     f"prediction and target of modality {m!r} differ in shape: {tuple(pred.shape)} vs {tuple(tgt.shape)}."
                 )
-            if sample_weight is None and m not in self.foreground_weight:
+            keep = _noised(target, m) if structured else None
+            sample_weight = (
+                self._snr_weight(_modality_timesteps(target, m)) if self.snr_gamma is not None else None
+            )
+            if sample_weight is None and keep is None and m not in self.foreground_weight:
                 mse = F.mse_loss(pred.float(), tgt.float())
             else:
                 err = (pred.float() - tgt.float()).pow(2)
@@ -349,7 +384,11 @@ class PairedDiffusionLoss(nn.Module):
                 per_sample = err.flatten(1).mean(1)
                 if sample_weight is not None:
                     per_sample = per_sample * sample_weight.to(per_sample.device)
-                mse = per_sample.mean()
+                if keep is None:
+                    mse = per_sample.mean()
+                else:  # the mean over the samples where m was noised (a given modality is not predicted)
+                    keep = keep.to(device=per_sample.device, dtype=per_sample.dtype)
+                    mse = (per_sample * keep).sum() / keep.sum().clamp_min(1.0)
             comps[f"mse_{m}"] = mse.detach()
             mse_total = mse if mse_total is None else mse_total + mse
         assert mse_total is not None
@@ -387,12 +426,19 @@ class PairedDiffusionLoss(nn.Module):
             return clipped
         return clipped / snr.clamp_min(1e-12)
 
-    def _masked_mean(self, per_sample: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Mean over the batch of the samples with ``t < perceptual_max_timestep`` (all when it is ``None``)."""
-        if self.perceptual_max_timestep is None:
+    def _masked_mean(
+        self, per_sample: torch.Tensor, timesteps: torch.Tensor, noised: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Sum over the samples with ``t < perceptual_max_timestep`` (all when it is ``None``) that were noised
+        (``noised``; all when ``None``), divided by the batch size."""
+        if self.perceptual_max_timestep is None and noised is None:
             return per_sample.mean()
-        keep = (timesteps.to(per_sample.device) < self.perceptual_max_timestep).to(per_sample.dtype)
-        return (per_sample * keep).sum() / per_sample.shape[0]
+        keep = torch.ones_like(per_sample, dtype=torch.bool)
+        if self.perceptual_max_timestep is not None:
+            keep = keep & (timesteps.to(per_sample.device) < self.perceptual_max_timestep)
+        if noised is not None:
+            keep = keep & noised.to(per_sample.device)
+        return (per_sample * keep.to(per_sample.dtype)).sum() / per_sample.shape[0]
 
     def _perceptual(
         self, model_output: Mapping[str, torch.Tensor], target: Mapping, modalities: list[str]
@@ -400,15 +446,16 @@ class PairedDiffusionLoss(nn.Module):
         if self.perceptual_mode == PerceptualMode.CROSS_MODAL and len(modalities) < 2:
             raise ValueError("perceptual_mode 'cross_modal' needs at least two modalities.")
         assert self.scheduler is not None
-        timesteps = target["timesteps"]
+        timesteps = {m: _modality_timesteps(target, m) for m in modalities}
+        noised = {m: _noised(target, m) for m in modalities}
         alphas_cumprod = self.scheduler.alphas_cumprod
         ref_feats = {}
         est_feats = {}
         for m in modalities:
             original = target["original"][m].float()
-            noisy = self.scheduler.add_noise(original, target["noise"][m].float(), timesteps)
+            noisy = self.scheduler.add_noise(original, target["noise"][m].float(), timesteps[m])
             x0_hat = predict_original_sample(
-                model_output[m].float(), noisy, timesteps, alphas_cumprod, self.prediction_type
+                model_output[m].float(), noisy, timesteps[m], alphas_cumprod, self.prediction_type
             )
             if self.clip_original:
                 x0_hat = x0_hat.clamp(-1.0, 1.0)
@@ -418,12 +465,16 @@ class PairedDiffusionLoss(nn.Module):
         out = {}
         for m in modalities:
             if self.perceptual_mode == PerceptualMode.RECONSTRUCTION:
-                out[m] = self._masked_mean(perceptual_distance(est_feats[m], ref_feats[m]), timesteps)
+                out[m] = self._masked_mean(
+                    perceptual_distance(est_feats[m], ref_feats[m]), timesteps[m], noised[m]
+                )
             else:
                 others = [n for n in modalities if n != m]
                 out[m] = torch.stack(
                     [
-                        self._masked_mean(perceptual_distance(est_feats[m], ref_feats[n]), timesteps)
+                        self._masked_mean(
+                            perceptual_distance(est_feats[m], ref_feats[n]), timesteps[m], noised[m]
+                        )
                         for n in others
                     ]
                 ).mean()
