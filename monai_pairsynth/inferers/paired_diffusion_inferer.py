@@ -6,9 +6,9 @@ modality). On top of plain sampling from noise the inferer offers
 
 * **noise seeding** (SDEdit-style): a real triplet is noised to ``strength`` of the schedule and sampling
   starts there (the Paired Diffusion paper uses 0.8-0.9);
-* **known modalities** (RePaint-style clamping): ``known={"label": mask}`` replaces that modality, before
-  every model call, by the given data noised to the current level, so the others are generated
-  conditionally (mask -> PET + CT, CT -> PET + mask, ...).
+* **known modalities** (mask -> PET + CT, CT -> PET + mask, ...): ``known={"label": mask}``. A model trained
+  with per-modality timesteps takes them **clean, at t = 0**; any other is given them by RePaint-style
+  clamping (replaced, before every model call, by the data noised to the current level).
 
 Reproducibility: one draw from the user's ``generator`` gives every requested sample its own seed, and all
 of that sample's randomness (its starting noise, the noise of stochastic scheduler steps) comes from its
@@ -56,6 +56,7 @@ from .sampling_steps import (
     check_conditioning,
     draw_seeds,
     prepare_input,
+    resolve_conditioning,
 )
 
 __all__ = ["AmpDtype", "PairedDiffusionInferer"]
@@ -76,6 +77,7 @@ class _SamplingPlan:
     seed: dict[str, torch.Tensor]
     device: torch.device
     amp: torch.dtype | None
+    clean_known: bool = False  # known modalities enter clean at t = 0 (else clamped to the current level)
 
 
 class PairedDiffusionInferer(Inferer):
@@ -99,6 +101,11 @@ class PairedDiffusionInferer(Inferer):
         spatial_shape: default spatial shape of generated samples (usually the training patch size).
         offset_noise_scale: scale ``s`` of the offset noise ``s * N(0, 1)`` added per image and channel to the
             Gaussian noise in training; sampling starts from the same distribution.
+        clean_conditioning: the network was trained with per-modality timesteps and clean (t = 0) modalities
+            (checkpoint key ``per_modality_timesteps``): ``sample(known=...)`` feeds them clean by default.
+
+    :attr:`last_conditioning`: how the last :meth:`sample` call took known modalities (``"clean"``,
+    ``"clamp"``, or ``None`` when nothing was known).
 
     Example:
         >>> import torch
@@ -118,6 +125,8 @@ class PairedDiffusionInferer(Inferer):
         ...                       generator=torch.Generator().manual_seed(1))  # mask -> CT + PET
         >>> bool(torch.equal(cond["label"], out["label"]))
         True
+        >>> inferer.last_conditioning  # this model was not trained with per-modality timesteps
+        'clamp'
     """
 
     def __init__(
@@ -130,6 +139,7 @@ class PairedDiffusionInferer(Inferer):
         spacing: float | Sequence[float] | None = None,
         spatial_shape: Sequence[int] | None = None,
         offset_noise_scale: float = 0.1,
+        clean_conditioning: bool = False,
     ) -> None:
         super().__init__()
         if int(num_train_timesteps) < 1:
@@ -158,6 +168,8 @@ class PairedDiffusionInferer(Inferer):
         self.spacing = spacing
         self.spatial_shape = None if spatial_shape is None else tuple(int(s) for s in spatial_shape)
         self.offset_noise_scale = float(offset_noise_scale)
+        self.clean_conditioning = bool(clean_conditioning)
+        self.last_conditioning: str | None = None
         # the forward (noising) process, shared by every scheduler of this schedule; raises on unknown names
         self.noise_schedule = Scheduler(self.num_train_timesteps, self.schedule, **self.schedule_args)
 
@@ -172,7 +184,8 @@ class PairedDiffusionInferer(Inferer):
         """Build the inferer and the network from a checkpoint written by the training engine.
 
         The inferer takes the checkpoint's noise schedule (``noise_scheduler``), ``modality_specs``,
-        ``spatial_size``, ``spacing`` and ``offset_noise_scale`` (0.1, the training default, when absent).
+        ``spatial_size``, ``spacing``, ``offset_noise_scale`` (0.1 when absent) and ``per_modality_timesteps``
+        (absent in older checkpoints: known modalities are clamped, as before).
 
         Args:
             checkpoint: path of a checkpoint saved by :func:`monai_pairsynth.engines.save_paired_checkpoint`
@@ -205,6 +218,11 @@ class PairedDiffusionInferer(Inferer):
         """Constructor arguments of the inferer stored in a training checkpoint dict."""
         sched = dict(checkpoint.get("noise_scheduler") or {})
         offset = checkpoint.get("offset_noise_scale")
+        per_modality = dict(checkpoint.get("per_modality_timesteps") or {})
+        clean = (
+            float(per_modality.get("independent_timestep_prob") or 0) > 0
+            and float(per_modality.get("clean_prob") or 0) > 0
+        )
         return {
             "num_train_timesteps": int(sched.get("num_train_timesteps", 1000)),
             "schedule": sched.get("schedule", "linear_beta"),
@@ -214,6 +232,7 @@ class PairedDiffusionInferer(Inferer):
             "spacing": checkpoint.get("spacing"),
             "spatial_shape": checkpoint.get("spatial_size"),
             "offset_noise_scale": 0.1 if offset is None else float(offset),
+            "clean_conditioning": clean,
         }
 
     # ------------------------------------------------------------------ training-style forward pass
@@ -298,6 +317,7 @@ class PairedDiffusionInferer(Inferer):
         inputs_normalized: bool = False,
         decode: bool = True,
         device: str | torch.device | None = None,
+        conditioning: str = "auto",
     ) -> dict[str, MetaTensor]:
         """Generate ``num_samples`` aligned samples, stepping every modality's denoiser in lock-step.
 
@@ -327,15 +347,19 @@ class PairedDiffusionInferer(Inferer):
                 from pure noise and the seed's content is not used (only its shape); with a smaller value it is
                 noised to ``timesteps[0]`` of the truncated schedule and only the remaining steps are run.
             known: ``{modality: (B, C, H, W[, D])}`` (or ``(C, H, W[, D])``) for any proper subset of the
-                modalities. Before every model call these modalities are replaced by the given data noised to the
-                current level (with that sample's fixed noise draw), and the output returns them exactly as given.
-                Batch sizes follow the rule of ``seed_sample``.
+                modalities, generated from (conditional sampling); how they enter is ``conditioning``. The output
+                returns them exactly as given. Batch sizes follow the rule of ``seed_sample``.
             inputs_normalized: ``False`` (default): ``seed_sample`` and ``known`` are in physical units (HU, SUV,
                 {0, 1}) and are normalised with the specs; ``True``: they are already in the diffusion range
                 [-1, 1] (as after this package's preprocessing).
             decode: ``True`` returns physical units (HU, SUV, a strictly binary {0, 1} mask); ``False`` returns
                 the same samples in [-1, 1] (images clamped, masks in {-1, 1}).
             device: sampling device; ``None`` uses the model's.
+            conditioning: how ``known`` modalities enter: ``"clean"``, at t = 0 at every step (as a model trained
+                with per-modality timesteps learnt; their denoisers are not run); ``"clamp"``, replaced before every
+                model call by the data noised to the current level with the sample's fixed noise (RePaint);
+                ``"auto"``: ``"clean"`` if ``clean_conditioning`` (from the checkpoint), else ``"clamp"``. Logged,
+                and kept in :attr:`last_conditioning`.
 
         Returns:
             ``{modality: MetaTensor (num_samples, C, H, W[, D])}``, float32 on ``device``, with an affine carrying
@@ -387,6 +411,7 @@ class PairedDiffusionInferer(Inferer):
 
         # ---- tensor arguments
         known = check_conditioning(known, seed_sample, strength, modalities)
+        mode = resolve_conditioning(conditioning, known, self.clean_conditioning, net)
         named: dict[str, tuple[str, torch.Tensor]] = {}
         for m, x in known.items():
             named[f"known['{m}']"] = (m, x)
@@ -455,8 +480,10 @@ class PairedDiffusionInferer(Inferer):
             seed_norm,
             device,
             amp,
+            clean_known=mode == "clean",
         )
         samples = self._sample_in_batches(model, plan, seeds, batch_size, progress)
+        self.last_conditioning = mode
         return self._finalise(
             samples, known, known_norm, specs, spatial_dims, inputs_normalized, decode, device
         )
@@ -527,12 +554,16 @@ class PairedDiffusionInferer(Inferer):
 
         amp = plan.amp
         autocast = torch.autocast(device_type="cuda", dtype=amp) if amp is not None else _null_context()
+        clean = plan.clean_known  # known modalities stay clean at t = 0 and their denoisers are not run
+        sample.update(known_b if clean else {})
         for t in timesteps:
             t_batch = torch.full((batch,), t, device=device, dtype=torch.long)
-            for m, x0 in known_b.items():  # clamp known modalities to their data at the current noise level
+            t_model = {m: t_batch * (m not in known_b) for m in modalities} if clean else t_batch
+            extra = {"predict": free} if clean else {}
+            for m, x0 in () if clean else known_b.items():  # clamp to the current noise level
                 sample[m] = noiser.add_noise(x0, noise[m], t_batch)
             with autocast:
-                model_output = model(sample, t_batch)
+                model_output = model(sample, t_model, **extra)
             for m in free:
                 output = model_output[m].float()
                 if batched_generators:

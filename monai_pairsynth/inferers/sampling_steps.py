@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -21,7 +23,20 @@ from monai_pairsynth.schedulers import (
     num_steps_for_strength,
 )
 
-__all__ = ["AmpDtype", "check_conditioning", "draw_seeds", "prepare_input"]
+__all__ = [
+    "CONDITIONING_MODES",
+    "AmpDtype",
+    "check_conditioning",
+    "draw_seeds",
+    "prepare_input",
+    "resolve_conditioning",
+]
+
+logger = logging.getLogger("monai_pairsynth.inferers.paired_diffusion_inferer")
+
+#: ``PairedDiffusionInferer.sample(conditioning=...)``: how known modalities enter ("auto" picks "clean" for a
+#: model trained with per-modality timesteps, else "clamp").
+CONDITIONING_MODES = ("auto", "clean", "clamp")
 
 
 class AmpDtype(str, Enum):
@@ -165,6 +180,57 @@ def check_conditioning(
     elif strength < 1.0:
         raise ValueError(f"strength={strength} < 1 needs a seed_sample to start from.")
     return known
+
+
+def resolve_conditioning(
+    conditioning: str, known: Mapping[str, Any], clean_conditioning: bool, net: Any
+) -> str | None:
+    """How ``known`` modalities enter a sampling run: ``"clean"`` (at t = 0), ``"clamp"`` (replaced by the data
+    noised to the current level) or ``None`` (nothing known). Logs the choice (logger of the inferer).
+
+    Args:
+        conditioning: ``"auto"``, ``"clean"`` or ``"clamp"`` (``"auto"``: ``"clean"`` when
+            ``clean_conditioning``, else ``"clamp"``).
+        known: the known modalities.
+        clean_conditioning: whether the model was trained with per-modality timesteps and clean modalities.
+        net: the (unwrapped) model; ``"clean"`` needs one whose forward takes per-modality timesteps and
+            ``predict=`` (a ``PairedDiffusionModel``).
+
+    Example:
+        >>> resolve_conditioning("auto", {"label": None}, False, None), resolve_conditioning("auto", {}, True, None)
+        ('clamp', None)
+    """
+    if conditioning not in CONDITIONING_MODES:
+        raise ValueError(f"conditioning must be one of {list(CONDITIONING_MODES)}, got {conditioning!r}.")
+    if not known:
+        return None
+    mode = ("clean" if clean_conditioning else "clamp") if conditioning == "auto" else conditioning
+    if mode == "clean":
+        if not hasattr(net, "condition_timesteps"):
+            raise ValueError(
+                "conditioning='clean' needs a PairedDiffusionModel (per-modality timesteps and predict=), "
+                f"got {type(net).__name__}."
+            )
+        if not clean_conditioning:
+            warnings.warn(
+                "conditioning='clean' on a model that was not trained with per-modality timesteps (the "
+                "inferer's clean_conditioning is False): it never saw a clean modality at t = 0; 'clamp' is the "
+                "conditioning such a model supports.",
+                UserWarning,
+                stacklevel=3,
+            )
+        logger.info(
+            "conditional sampling: known modalities %s enter clean at t = 0 (per-modality timesteps)",
+            sorted(known),
+        )
+    else:
+        logger.info(
+            "conditional sampling: known modalities %s are clamped to their data noised to the current level "
+            "(replacement%s)",
+            sorted(known),
+            "" if conditioning == "clamp" else "; the model was not trained with per-modality timesteps",
+        )
+    return mode
 
 
 def prepare_input(
