@@ -39,7 +39,7 @@ from monai.transforms import Compose, ConcatItemsd, RandFlipd, ScaleIntensityRan
 from monai.utils import set_determinism
 
 from monai_pairsynth.data.phantom import PhantomDataset
-from monai_pairsynth.handlers import PoolRefreshHandler
+from monai_pairsynth.mixing import PoolRefreshHandler
 from monai_pairsynth.mixing.mixed_dataset import MixedDataset
 from monai_pairsynth.mixing.synthesis_pool import PhantomPoolSource, SynthesisPool
 

@@ -79,6 +79,8 @@ class Settings:
     plausibility: bool = (
         True  # the filter's plausibility rules (empty mask, mask outside body, no PET uptake)
     )
+    ratios: tuple[float, ...] = RATIOS  # the filtered-pool ratios swept (r = 0 is the ``real`` arm)
+    ct_only: bool = True  # the CT-only input variant (``ct_real``, ``ct_filtered_r0.5``)
 
     def pool_size(self, n_real: int) -> int:
         return dict(self.pool_sizes)[n_real]
@@ -97,21 +99,24 @@ QUICK = Settings(
 )
 
 
-def arms() -> list[dict[str, Any]]:
-    """Every arm: name, ratio, pool (``None``/``"filtered"``/``"unfiltered"``), input keys, pretraining."""
+def arms(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every arm of ``settings`` (default ``FULL``): name, ratio, pool (``None``/``"filtered"``/``"unfiltered"``),
+    input keys, pretraining."""
+    settings = settings or FULL
     out = [
         {"arm": "real", "ratio": 0.0, "pool": None, "keys": IMAGE_KEYS, "pretrain": False},
         {"arm": "unfiltered", "ratio": 0.5, "pool": "unfiltered", "keys": IMAGE_KEYS, "pretrain": False},
     ]
     out += [
         {"arm": f"filtered_r{r:g}", "ratio": r, "pool": "filtered", "keys": IMAGE_KEYS, "pretrain": False}
-        for r in RATIOS
+        for r in settings.ratios
     ]
-    out += [
-        {"arm": "pretrain", "ratio": 0.0, "pool": "filtered", "keys": IMAGE_KEYS, "pretrain": True},
-        {"arm": "ct_real", "ratio": 0.0, "pool": None, "keys": ("ct",), "pretrain": False},
-        {"arm": "ct_filtered_r0.5", "ratio": 0.5, "pool": "filtered", "keys": ("ct",), "pretrain": False},
-    ]
+    out.append({"arm": "pretrain", "ratio": 0.0, "pool": "filtered", "keys": IMAGE_KEYS, "pretrain": True})
+    if settings.ct_only:
+        out += [
+            {"arm": "ct_real", "ratio": 0.0, "pool": None, "keys": ("ct",), "pretrain": False},
+            {"arm": "ct_filtered_r0.5", "ratio": 0.5, "pool": "filtered", "keys": ("ct",), "pretrain": False},
+        ]
     return out
 
 
@@ -136,6 +141,34 @@ def _phantom_cases(seeds: tuple[int, ...]) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class PhantomData:
+    """Where the pool and segmentation stages get their cases: the phantom splits of ``downstream_splits``.
+
+    ``experiments/real_patients.py`` passes its own provider with the same methods (real patients)."""
+
+    num_test: int
+
+    def train(self, n_real: int, seed: int) -> list[dict[str, Any]]:
+        return phantom_samples(train_seeds(n_real, seed))
+
+    def test(self) -> list[dict[str, Any]]:
+        return phantom_samples(held_out_seeds(self.num_test))
+
+    def test_patients(self) -> list[str] | None:
+        """The patient of each test sample (``None``: one slice per simulated patient, see ``_test_patients``)."""
+        return None
+
+    def generator_file(self, root: Path, n_real: int, seed: int) -> Path:
+        return root / "generators" / f"{generator_name(n_real, seed)}.pt"
+
+    def pool_name(self, n_real: int, seed: int) -> str:
+        return generator_name(n_real, seed)
+
+    def sample_seeds(self, n_real: int, seed: int, count: int) -> list[int]:
+        return [train_base_seed(seed) * 100 + i for i in range(count)]  # one seed per candidate
+
+
 def _one_thread() -> None:
     import torch
 
@@ -143,7 +176,7 @@ def _one_thread() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ pools
-def build_pools(root: Path, n_real: int, seed: int, settings: Settings) -> dict[str, Any]:
+def build_pools(root: Path, n_real: int, seed: int, settings: Settings, data: Any = None) -> dict[str, Any]:
     """Sample 4P candidates from the arm's generator, fit the filter on the arm's real cases, keep P."""
     import torch
 
@@ -152,23 +185,26 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings) -> dict[
     from monai_pairsynth.utils import atomic_save_torch
 
     _one_thread()
-    out_file = root / "pools" / f"{generator_name(n_real, seed)}.pt"
+    data = data or PhantomData(settings.num_test)
+    name = data.pool_name(n_real, seed)
+    out_file = root / "pools" / f"{name}.pt"
     if out_file.is_file():
         return torch.load(out_file, weights_only=True)["info"]
-    checkpoint = root / "generators" / f"{generator_name(n_real, seed)}.pt"
+    checkpoint = data.generator_file(root, n_real, seed)
     if not checkpoint.is_file():
         raise FileNotFoundError(
-            f"generator {checkpoint} is missing: run experiments/train_generators.py --out {root / 'generators'}"
+            f"generator {checkpoint} is missing: run the generator stage first (experiments/train_generators.py "
+            "or experiments/real_patients.py generators)"
         )
     p = settings.pool_size(n_real)
     start = time.perf_counter()
-    real = phantom_samples(train_seeds(n_real, seed))
+    real = data.train(n_real, seed)
     quality_filter = train_quality_filter(real, epochs=settings.filter_epochs, seed=seed, device="cpu")
     filter_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
     inferer, model = PairedDiffusionInferer.from_checkpoint(checkpoint)
-    seeds = [train_base_seed(seed) * 100 + i for i in range(4 * p)]  # one seed per candidate
+    seeds = data.sample_seeds(n_real, seed, 4 * p)
     candidates = inferer.sample(
         model,
         num_samples=4 * p,
@@ -189,6 +225,8 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings) -> dict[
             f"the pool size {p}; rejections: {dict(selection.reason_counts())}. Train the generator longer."
         )
     info = {
+        "name": name,
+        "generator": checkpoint.name,
         "n_real": n_real,
         "seed": seed,
         "pool_size": p,
@@ -205,7 +243,7 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings) -> dict[
         "info": info,
     }
     atomic_save_torch(pools, out_file)
-    print(f"[pools {generator_name(n_real, seed)}] {info}", flush=True)
+    print(f"[pools {name}] {info}", flush=True)
     return info
 
 
@@ -282,8 +320,7 @@ def _train(network: Any, dataset: Any, steps: int, settings: Settings, seed: int
     from monai.engines import SupervisedTrainer
     from monai.losses import DiceCELoss
 
-    from monai_pairsynth.handlers import MixedDatasetEpochHandler
-    from monai_pairsynth.mixing import MixedDataset
+    from monai_pairsynth.mixing import MixedDataset, MixedDatasetEpochHandler
 
     loader = DataLoader(
         dataset,
@@ -327,7 +364,9 @@ def _test_dice(network: Any, keys: tuple[str, ...], test: list[dict[str, Any]]) 
     return [float(v) for v in dice.reshape(-1)]
 
 
-def run_arm(root: Path, n_real: int, seed: int, arm: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def run_arm(
+    root: Path, n_real: int, seed: int, arm: dict[str, Any], settings: Settings, data: Any = None
+) -> dict[str, Any]:
     """Train and test one arm; the result is cached as JSON."""
     import torch
     from monai.utils import set_determinism
@@ -342,11 +381,12 @@ def run_arm(root: Path, n_real: int, seed: int, arm: dict[str, Any], settings: S
     start = time.perf_counter()
     set_determinism(seed=seed)
     keys = tuple(arm["keys"])
-    real = phantom_samples(train_seeds(n_real, seed))
-    test = phantom_samples(held_out_seeds(settings.num_test))
+    data = data or PhantomData(settings.num_test)
+    real = data.train(n_real, seed)
+    test = data.test()
     pool = None
     if arm["pool"] is not None:
-        tensors = torch.load(root / "pools" / f"{generator_name(n_real, seed)}.pt", weights_only=True)
+        tensors = torch.load(root / "pools" / f"{data.pool_name(n_real, seed)}.pt", weights_only=True)
         pool = make_pool(tensors[arm["pool"]])
     network = _network(len(keys))
     train_tf = _transforms(keys, train=True)
@@ -367,6 +407,7 @@ def run_arm(root: Path, n_real: int, seed: int, arm: dict[str, Any], settings: S
         "n_real": n_real,
         "seed": seed,
         "dice": dice,
+        "test_patients": data.test_patients(),
         "mean_dice": sum(dice) / len(dice),
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -401,6 +442,23 @@ def _test_patients(run: dict[str, Any]) -> list[str]:
     return [str(p) for p in run.get("test_patients") or [f"test-{i}" for i in range(len(run["dice"]))]]
 
 
+def patient_effect(comparison: dict[str, Any]) -> dict[str, float]:
+    """The effect over test patients from a ``compare_dice`` result: the mean paired difference (arm − baseline),
+    its 95 % t confidence interval and Cohen's d_z (mean / sd of the differences; NaN when they do not vary)."""
+    import math
+
+    from scipy import stats
+
+    n, mean, sd = int(comparison["n"]), float(comparison["mean_diff"]), float(comparison["sd_diff"])
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n) if n > 1 else float("nan")
+    return {
+        "patient_diff": mean,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "effect_dz": mean / sd if sd > 0 else float("nan"),
+    }
+
+
 def summarise(results: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
     """Per (N_real, arm): mean ± sd of the seed means and paired tests against ``real`` (or ``ct_real``)."""
     import numpy as np
@@ -410,7 +468,7 @@ def summarise(results: list[dict[str, Any]], settings: Settings) -> dict[str, An
     by = {(r["n_real"], r["arm"], r["seed"]): r for r in results}
     table: dict[str, Any] = {}
     for n in settings.n_real:
-        for arm in arms():
+        for arm in arms(settings):
             name = arm["arm"]
             base = "ct_real" if name.startswith("ct_") else "real"
             runs = [by.get((n, name, s)) for s in settings.seeds]
@@ -435,6 +493,7 @@ def summarise(results: list[dict[str, Any]], settings: Settings) -> dict[str, An
                     patient_ids=[pid for r in runs for pid in _test_patients(r)],
                 )
                 row.update(
+                    **patient_effect(patients_cmp),
                     diff=seeds_cmp["mean_diff"],
                     p_seed_t=seeds_cmp["t_pvalue"],
                     p_patient_t=patients_cmp["t_pvalue"],
@@ -455,7 +514,7 @@ def plot(table: dict[str, Any], settings: Settings, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
     for n in settings.n_real:
         xs, ys, es = [], [], []
-        for r in (0.0, *RATIOS):
+        for r in (0.0, *settings.ratios):
             key = f"n{n}/real" if r == 0 else f"n{n}/filtered_r{r:g}"
             if key in table:
                 xs.append(r)
@@ -464,7 +523,7 @@ def plot(table: dict[str, Any], settings: Settings, path: Path) -> None:
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"N_real = {n}")
     ax.set_xlabel("synthetic ratio r (filtered pool)")
     ax.set_ylabel(f"test Dice (mean ± sd over {len(settings.seeds)} seeds)")
-    ax.set_xticks([0.0, *RATIOS])
+    ax.set_xticks([0.0, *settings.ratios])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -509,19 +568,25 @@ def dice_tables(settings: Settings, table: dict[str, Any]) -> str:
         lines += [
             f"### N_real = {n}",
             "",
-            "| arm | test Dice, mean ± sd over seeds | Δ vs baseline | p (t, seed means) | "
-            "p (t, test patients) | p (Wilcoxon, test patients) | reading |",
-            "|---|---|---|---|---|---|---|",
+            "| arm | test Dice, mean ± sd over seeds | Δ vs baseline | Δ over test patients [95 % CI], d_z | "
+            "p (t, seed means) | p (t, test patients) | p (Wilcoxon, test patients) | reading |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for arm in arms():
+        for arm in arms(settings):
             row = table.get(f"n{n}/{arm['arm']}")
             if row is None:
                 continue
             diff = f"{row['diff']:+.3f}" if "diff" in row else "(baseline)"
             reading = _verdict(row) if "diff" in row else ""
+            effect = (
+                f"{row['patient_diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], {row['effect_dz']:+.2f}"
+                if "patient_diff" in row
+                else ""
+            )
             lines.append(
-                f"| {LABELS[arm['arm']]} | {_fmt(row['mean'], row['sd'])} | {diff} | {_p(row.get('p_seed_t'))} | "
-                f"{_p(row.get('p_patient_t'))} | {_p(row.get('p_patient_wilcoxon'))} | {reading} |"
+                f"| {LABELS[arm['arm']]} | {_fmt(row['mean'], row['sd'])} | {diff} | {effect} | "
+                f"{_p(row.get('p_seed_t'))} | {_p(row.get('p_patient_t'))} | {_p(row.get('p_patient_wilcoxon'))} | "
+                f"{reading} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -574,7 +639,7 @@ def pool_table(pools: list[dict]) -> str:
     for info in sorted(pools, key=lambda i: (i["n_real"], i["seed"])):
         rej = ", ".join(f"{k} {v}" for k, v in info["rejections"].items() if v)
         lines.append(
-            f"| {generator_name(info['n_real'], info['seed'])} | {info['n_real']} | {info['candidates']} | "
+            f"| {info.get('name') or generator_name(info['n_real'], info['seed'])} | {info['n_real']} | {info['candidates']} | "
             f"{info['pool_size']} | {rej or '—'} | {info['sample_seconds']:.0f} s | {info['filter_seconds']:.0f} s |"
         )
     return "\n".join(lines)
@@ -596,6 +661,26 @@ def generator_table(root: Path) -> str:
             f"{r['wall_seconds']:.0f} s | {r['last_epoch_metrics'].get('loss', float('nan')):.3f} |"
         )
     return "\n".join(lines)
+
+
+SECTION_START = "<!-- real-patients:start (written by experiments/real_patients.py) -->"
+SECTION_END = "<!-- real-patients:end -->"
+
+
+def replace_section(text: str, body: str) -> str:
+    """``text`` with the real-patient section replaced by ``body`` (appended when absent)."""
+    block = f"{SECTION_START}\n{body.strip()}\n{SECTION_END}\n"
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        return head + block + rest.split(SECTION_END, 1)[1].lstrip("\n")
+    return text.rstrip("\n") + "\n\n" + block
+
+
+def kept_section(text: str) -> str:
+    """The real-patient section of an existing page (``""`` when it has none), so rewriting the phantom page keeps it."""
+    if SECTION_START in text and SECTION_END in text:
+        return SECTION_START + text.split(SECTION_START, 1)[1].split(SECTION_END, 1)[0] + SECTION_END + "\n"
+    return ""
 
 
 def write_report(
@@ -720,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
             (run_arm, (root, n, s, arm, settings))
             for n in sorted(settings.n_real, reverse=True)  # the longer N = 64 runs first
             for s in settings.seeds
-            for arm in arms()
+            for arm in arms(settings)
         ]
         if args.stage == "report":
             results = [
@@ -751,7 +836,8 @@ def main(argv: list[str] | None = None) -> int:
             timing = json.loads(timing_file.read_text(encoding="utf-8"))
             seconds[f"the whole `all` command with {timing['jobs']} processes"] = timing["seconds"]
         text = write_report(root, settings, table, pools, results, seconds, args.machine_note, png.name)
-        atomic_write_text(out, text)
+        real_section = kept_section(out.read_text(encoding="utf-8")) if out.is_file() else ""
+        atomic_write_text(out, text.rstrip("\n") + "\n\n" + real_section if real_section else text)
         print(text)
     return 0
 

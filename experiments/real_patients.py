@@ -1,0 +1,480 @@
+"""The downstream experiment on real patients: does mixing synthetic triplets help on real FDG-PET/CT?
+
+The same protocol as the phantom experiment (``experiments/downstream.py``), on the 36 real soft-tissue-sarcoma
+patients of ``../shared/data/sts_pet_ct`` (HECKTOR layout; not part of the package, see its README):
+
+- **Patients, not slices.** A seeded permutation of the patient ids fixes a test set of ``num_test`` patients
+  (every tumour slice of each); the remaining patients form the training pool, and the arm with ``N`` real
+  patients trains on the first ``N`` of it (so the 8-patient set lies inside the 16-patient set, and so on).
+- **Generators.** One linked diffusion generator per ``N``, trained only on that arm's patients, by the
+  package's own command line with the recipe of the bundle's ``train_diffusion.json``
+  (``experiments/train_generators.py``'s settings) and a wall-time budget. Generators are shared by the
+  seeds of one ``N`` (a CPU budget: say so in the report); the seeds vary the segmenter's initialisation,
+  its data order and augmentation, and the pool's samples.
+- **Pools, segmentation, report**: ``downstream.py``'s stages with this data, statistics by patient.
+
+Stages (each resumable: finished outputs are skipped, a generator resumes from its checkpoint)::
+
+    python experiments/real_patients.py prepare     --root runs/real   # preprocess the 36 patients once
+    python experiments/real_patients.py generators  --root runs/real --max-minutes 60 --jobs 3
+    python experiments/real_patients.py all         --root runs/real --jobs 2 --results-md docs/results_real.md
+
+``--data-dir`` (default: ``$MONAI_PAIRSYNTH_STS_DIR`` or ``../shared/data/sts_pet_ct``) points at the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from train_generators import BATCH_SIZE, EMA_MOMENTUM, EMA_WARMUP_ITERS, LEARNING_RATE, RECIPE  # noqa: E402
+
+SPATIAL_SIZE = (64, 64)
+SPACING = 4.0
+SPLIT_SEED = 2026
+NUM_TEST = 12
+N_REAL = (8, 16, 24)
+POOL_SIZE = 40  # the filtered pool of each N keeps 40 of 4 x 40 candidates
+FILTER_EPOCHS = 10
+
+
+def data_dir(arg: str | None) -> Path:
+    """The real-patient folder: ``arg``, else the benchmarks' lookup; a clear error where it is absent."""
+    if arg:
+        path = Path(arg).expanduser()
+    else:
+        from real_data import real_data_dir
+
+        path = real_data_dir()  # type: ignore[assignment]
+    if path is None or not Path(path).is_dir():
+        raise SystemExit(
+            "the real-patient folder is absent: pass --data-dir or set MONAI_PAIRSYNTH_STS_DIR "
+            "(see ../shared/data/sts_pet_ct/README.md)."
+        )
+    return Path(path)
+
+
+def patient_split(
+    patient_ids: list[str], num_test: int = NUM_TEST, seed: int = SPLIT_SEED
+) -> dict[str, list[str]]:
+    """``{"test": [...], "train_pool": [...]}``: a seeded permutation of the sorted ids, the first ``num_test``
+    for testing. Deterministic and independent of the order the ids come in."""
+    ids = sorted(set(patient_ids))
+    if len(ids) != len(patient_ids):
+        raise ValueError("patient ids must be unique")
+    if not 1 <= num_test < len(ids):
+        raise ValueError(f"num_test must be in [1, {len(ids) - 1}], got {num_test}")
+    random.Random(seed).shuffle(ids)
+    return {"test": ids[:num_test], "train_pool": ids[num_test:]}
+
+
+def train_patients(split: dict[str, list[str]], n_real: int) -> list[str]:
+    """The ``n_real`` training patients of an arm: the first ``n_real`` of the training pool."""
+    pool = split["train_pool"]
+    if not 1 <= n_real <= len(pool):
+        raise ValueError(f"n_real must be in [1, {len(pool)}], got {n_real}")
+    return pool[:n_real]
+
+
+def generator_name(n_real: int) -> str:
+    return f"gen_real_n{n_real}"
+
+
+# ------------------------------------------------------------------------------------------------ prepare
+def prepare(root: Path, folder: Path) -> dict[str, Any]:
+    """Preprocess every patient once (64x64 tumour slices at 4 mm, physical units) into ``root/slices.pt``,
+    write the split and one datalist JSON of files per arm (for the generators' command line)."""
+
+    from monai_pairsynth.data.sources import load_samples, resolve_datalist
+    from monai_pairsynth.utils import atomic_save_torch, atomic_write_json
+
+    root.mkdir(parents=True, exist_ok=True)
+    split_file = root / "split.json"
+    if split_file.is_file() and (root / "slices.pt").is_file():
+        return json.loads(split_file.read_text(encoding="utf-8"))
+    start = time.perf_counter()
+    samples, _ = load_samples(str(folder), spatial_size=SPATIAL_SIZE, spacing=SPACING)
+    seconds = time.perf_counter() - start
+    slices = [{k: v.as_tensor() if hasattr(v, "as_tensor") else v for k, v in s.items()} for s in samples]
+    atomic_save_torch(slices, root / "slices.pt")
+    ids = sorted({s["case_id"] for s in slices})
+    split = patient_split(ids)
+    items = {str(it["case_id"]): dict(it) for it in resolve_datalist(folder, ("ct", "pet", "label"))}
+    atomic_write_json(root / "datalist_all.json", {"training": list(items.values())})
+    counts = {p: sum(1 for s in slices if s["case_id"] == p) for p in ids}
+    info = {
+        **split,
+        "split_seed": SPLIT_SEED,
+        "slices_per_patient": counts,
+        "preprocessing_seconds": round(seconds, 1),
+        "spatial_size": list(SPATIAL_SIZE),
+        "spacing": SPACING,
+    }
+    atomic_write_json(split_file, info)
+    print(f"[prepare] {len(slices)} slices of {len(ids)} patients in {seconds:.0f} s", flush=True)
+    return info
+
+
+# ------------------------------------------------------------------------------------------------ generators
+def arm_datalist(root: Path, n_real: int) -> Path:
+    """``root/datalist_n{N}.json``: the files of the arm's ``n_real`` training patients (the generator's input)."""
+    from monai_pairsynth.utils import atomic_write_json
+
+    split = json.loads((root / "split.json").read_text(encoding="utf-8"))
+    items = {
+        it["case_id"]: it
+        for it in json.loads((root / "datalist_all.json").read_text(encoding="utf-8"))["training"]
+    }
+    path = root / f"datalist_n{n_real}.json"
+    atomic_write_json(path, {"training": [items[p] for p in train_patients(split, n_real)]})
+    return path
+
+
+def generator_command(
+    root: Path, n_real: int, *, device: str, max_minutes: float, threads: int, epochs: int = 100_000
+) -> list[str]:
+    """The package's training command for the ``n_real``-patient generator (resumes from its checkpoint)."""
+    run_dir = root / "generators" / generator_name(n_real)
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai_pairsynth.engines.train",
+        "--output-dir", str(run_dir),
+        "--datalist", str(arm_datalist(root, n_real)),
+        "--spatial-size", *map(str, SPATIAL_SIZE),
+        "--spacing", str(SPACING),
+        "--augment",
+        "--batch-size", str(BATCH_SIZE),
+        "--lr", str(LEARNING_RATE),
+        "--epochs", str(epochs),
+        "--ema-momentum", str(EMA_MOMENTUM),
+        "--ema-warmup-iters", str(EMA_WARMUP_ITERS),
+        *RECIPE,
+        "--checkpoint-every", "5",
+        "--log-every", "0",
+        "--no-progress",
+        "--no-tensorboard",
+        "--threads", str(threads),
+        "--device", device,
+        "--max-minutes", str(max_minutes),
+        "--seed", "0",
+    ]  # fmt: skip
+    if (run_dir / "checkpoint.pt").is_file():
+        cmd += ["--resume-from", str(run_dir / "checkpoint.pt")]
+    return cmd
+
+
+def train_generators(
+    root: Path,
+    *,
+    n_real: tuple[int, ...] = N_REAL,
+    device: str,
+    max_minutes: float,
+    jobs: int,
+    threads: int,
+    epochs: int = 100_000,
+) -> dict[str, Any]:
+    """Train (or resume) one generator per N in parallel processes and export slim sampling checkpoints."""
+    from monai_pairsynth.engines import export_sampling_checkpoint
+    from monai_pairsynth.utils import atomic_write_json
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pending = list(n_real)
+    running: dict[int, tuple[subprocess.Popen, float, Any]] = {}
+    results: dict[str, Any] = {}
+    failed = []
+    while pending or running:
+        while pending and len(running) < jobs:
+            n = pending.pop(0)
+            run_dir = root / "generators" / generator_name(n)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cmd = generator_command(
+                root, n, device=device, max_minutes=max_minutes, threads=threads, epochs=epochs
+            )
+            log = open(run_dir / "train.log", "a", encoding="utf-8")
+            print(f"[{generator_name(n)}] {' '.join(cmd[1:])}", flush=True)
+            running[n] = (
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
+                time.time(),
+                log,
+            )
+        time.sleep(5.0)
+        for n, (proc, started, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[n]
+            name = generator_name(n)
+            run_dir = root / "generators" / name
+            if proc.returncode != 0:
+                failed.append(name)
+                print(f"[{name}] FAILED (exit {proc.returncode}); see {run_dir / 'train.log'}", flush=True)
+                continue
+            export_sampling_checkpoint(
+                run_dir / "checkpoint.pt", root / "generators" / f"{name}.pt", half=True
+            )
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            summary.update(n_real=n, seed=0, wall_seconds=round(time.time() - started, 1))
+            results[name] = summary
+            print(f"[{name}] {summary['iterations']} steps, {summary['epochs']} epochs", flush=True)
+    path = root / "generators" / "generators.json"
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    atomic_write_json(path, {**old, **results})
+    if failed:
+        raise SystemExit(f"generators failed: {failed}")
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ data provider
+@functools.lru_cache(maxsize=2)
+def _slices(path: str) -> tuple[dict[str, Any], ...]:
+    import torch
+
+    return tuple(torch.load(path, weights_only=True))
+
+
+@dataclass(frozen=True)
+class RealData:
+    """The real patients for ``downstream.build_pools`` / ``downstream.run_arm`` (same methods as ``PhantomData``).
+
+    Training samples of an arm are every tumour slice of its patients; the test samples every tumour slice of the
+    test patients, each tagged with its patient so the statistics average slices per patient first."""
+
+    root: Path
+    tag: str = ""  # distinguishes the pools of a rehearsal from the real ones
+
+    def _split(self) -> dict[str, Any]:
+        return json.loads((self.root / "split.json").read_text(encoding="utf-8"))
+
+    def _of(self, patients: list[str]) -> list[dict[str, Any]]:
+        wanted = set(patients)
+        return [
+            {k: s[k] for k in ("ct", "pet", "label")}
+            for s in _slices(str(self.root / "slices.pt"))
+            if s["case_id"] in wanted
+        ]
+
+    def train(self, n_real: int, seed: int) -> list[dict[str, Any]]:
+        return self._of(train_patients(self._split(), n_real))
+
+    def test(self) -> list[dict[str, Any]]:
+        return self._of(self._split()["test"])
+
+    def test_patients(self) -> list[str]:
+        wanted = set(self._split()["test"])
+        return [str(s["case_id"]) for s in _slices(str(self.root / "slices.pt")) if s["case_id"] in wanted]
+
+    def generator_file(self, root: Path, n_real: int, seed: int) -> Path:
+        return root / "generators" / f"{generator_name(n_real)}.pt"
+
+    def pool_name(self, n_real: int, seed: int) -> str:
+        """One pool per N, shared by the seeds (the CPU budget: sampling dominates the experiment's cost)."""
+        return f"pool_real_n{n_real}{self.tag}"
+
+    def sample_seeds(self, n_real: int, seed: int, count: int) -> list[int]:
+        return [7_000_000 + 1_000 * n_real + i for i in range(count)]
+
+
+def settings(quick: bool) -> Any:
+    """The real-patient sizes (``quick``: a rehearsal with 1-step generators)."""
+    import downstream
+
+    if quick:
+        return downstream.Settings(
+            n_real=(2,),
+            seeds=(0,),
+            num_test=2,
+            pool_sizes=((2, 4),),
+            sampler_steps=4,
+            seg_steps=4,
+            filter_epochs=1,
+            plausibility=False,
+            ratios=(0.5, 1.0),
+            ct_only=False,
+        )
+    return downstream.Settings(
+        n_real=N_REAL,
+        seeds=(0, 1, 2),
+        num_test=NUM_TEST,
+        pool_sizes=tuple((n, POOL_SIZE) for n in N_REAL),
+        sampler="ddpm",
+        sampler_steps=50,
+        seg_steps=300,
+        filter_epochs=FILTER_EPOCHS,
+        plausibility=True,
+        ratios=(0.5, 1.0),
+        ct_only=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ report
+def report_section(
+    root: Path, s: Any, table: dict[str, Any], pools: list[dict], results: list[dict], minutes: str
+) -> str:
+    import platform
+
+    import downstream
+    import torch
+
+    split = json.loads((root / "split.json").read_text(encoding="utf-8"))
+    counts = split["slices_per_patient"]
+    test_slices = sum(counts[p] for p in split["test"])
+    train_slices = ", ".join(f"N = {n}: {sum(counts[p] for p in train_patients(split, n))}" for n in s.n_real)
+    gens = root / "generators" / "generators.json"
+    gen_note = ""
+    if gens.is_file():
+        runs = json.loads(gens.read_text(encoding="utf-8"))
+        gen_note = "; ".join(
+            f"{name}: {r['iterations']} steps in {r['wall_seconds'] / 60:.0f} min (last-epoch loss "
+            f"{r['last_epoch_metrics'].get('loss', float('nan')):.3f})"
+            for name, r in sorted(runs.items(), key=lambda kv: kv[1]["n_real"])
+        )
+    return f"""## Real patients: 36 FDG-PET/CT soft-tissue sarcomas
+
+Written by `experiments/real_patients.py` (do not edit by hand: rerun it). The same question and protocol as
+above, on the real patients of `../shared/data/sts_pet_ct` (TCIA Soft-tissue-Sarcoma via the IBSI set, CC BY
+3.0; extremity sarcomas, not head and neck).
+
+- **Patients.** A seeded permutation (seed {split["split_seed"]}) fixes **{len(split["test"])} test patients**
+  ({test_slices} tumour slices, 64×64 at 4 mm) and a training pool of {len(split["train_pool"])} patients; the
+  arm with N real patients trains on the first N of the pool (tumour slices: {train_slices}). Test patients:
+  {", ".join(split["test"])}.
+- **Generators.** One per N, trained only on those N patients by `python -m monai_pairsynth.engines.train`
+  with the bundle's recipe (v-prediction, cosine, Min-SNR 5, tumour weight 4, batch 16, lr 5e-4, EMA 0.005,
+  augmentation), CPU default widths, **on CPU, one thread each, three at once on 2 cores, for a wall-time
+  budget** ({gen_note or "see generators.json"}). A CPU budget, not a converged generator: the three seeds
+  share the generator and the pool of their N (they vary the segmenter's initialisation, data order,
+  augmentation and the draws from the pool), so the seed spread does not include generator or pool
+  variability. `benchmarks/gpu_session.sh`
+  is where longer generator training belongs when a GPU is lent.
+- **Pools.** {s.sampler.upper()}-{s.sampler_steps}: 4P candidates per N, P = {s.pool_sizes[0][1]}; the filtered
+  pool keeps P with the feature-centroid filter (segmenter fitted on the arm's patients only, plausibility
+  rules {"on" if s.plausibility else "off"}), the unfiltered pool is the first P candidates.
+- **Segmentation.** As above (MONAI `UNet`, DiceCE, Adam {s.seg_lr:g}, batch {s.seg_batch}, {s.seg_steps} steps
+  in every arm; the pretraining arm {s.seg_steps} on the filtered pool then {s.seg_steps} on real). Input CT + PET.
+- **Statistics, by patient.** Dice per test slice, averaged per test patient and over the {len(s.seeds)} seeds
+  before any test: paired t-test and Wilcoxon over the {len(split["test"])} test patients, the mean
+  difference over patients with its 95 % t confidence interval and Cohen's d_z; a paired t-test over the
+  {len(s.seeds)} seed means. "reading" applies the patient t-test at 5 %.
+
+### What came out
+
+{downstream.outcome(s, table)}
+
+### Test Dice
+
+{downstream.dice_tables(s, table)}
+### Pools
+
+{downstream.pool_table(pools)}
+
+### How to reproduce
+
+```bash
+python experiments/real_patients.py prepare    --root {root}
+python experiments/real_patients.py generators --root {root} --max-minutes 65 --jobs 3
+python experiments/real_patients.py all        --root {root} --jobs 2 --results-md docs/results.md
+```
+
+Wall times: {minutes}. Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__}.
+"""
+
+
+def run_rest(root: Path, stage: str, *, quick: bool, jobs: int, results_md: str | None) -> dict[str, Any]:
+    """Pools, segmentation runs and the report (``stage``: pools | segment | report | all)."""
+    import downstream
+
+    from monai_pairsynth.utils import atomic_write_json, atomic_write_text
+
+    s = settings(quick)
+    data = RealData(root, tag="_quick" if quick else "")
+    t0 = time.perf_counter()
+    pools: list[dict] = []
+    if stage in ("pools", "all", "report"):
+        jobs_ = [(downstream.build_pools, (root, n, s.seeds[0], s, data)) for n in s.n_real]  # one pool per N
+        pools = downstream.run_jobs(jobs_, 1 if stage == "report" else jobs)
+    results: list[dict] = []
+    if stage in ("segment", "all", "report"):
+        jobs_ = [
+            (downstream.run_arm, (root, n, seed, arm, s, data))
+            for n in sorted(s.n_real, reverse=True)
+            for seed in s.seeds
+            for arm in downstream.arms(s)
+        ]
+        if stage == "report":
+            jobs_ = [
+                j
+                for j in jobs_
+                if (root / "segment" / f"n{j[1][1]}_s{j[1][2]}_{j[1][3]['arm']}.json").is_file()
+            ]
+        results = downstream.run_jobs(jobs_, 1 if stage == "report" else jobs)
+    summary: dict[str, Any] = {"pools": pools}
+    if stage in ("report", "all"):
+        table = downstream.summarise(results, s)
+        seconds = sum(r["seconds"] for r in results) + sum(
+            i["sample_seconds"] + i["filter_seconds"] for i in pools
+        )
+        minutes = f"pools and segmentation runs {seconds / 60:.1f} min (sum of per-run times)"
+        if stage == "all":
+            minutes += f", the `all` command {(time.perf_counter() - t0) / 60:.1f} min with {jobs} processes"
+        body = report_section(root, s, table, pools, results, minutes)
+        out = Path(results_md) if results_md else root / "results.md"
+        text = out.read_text(encoding="utf-8") if out.is_file() else ""
+        atomic_write_text(out, downstream.replace_section(text, body))
+        summary.update(settings=asdict(s), table=table)
+        atomic_write_json(root / ("summary_quick.json" if quick else "summary.json"), summary)
+        print(body)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=("prepare", "generators", "pools", "segment", "report", "all"))
+    p.add_argument("--root", default="runs/real")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--max-minutes", type=float, default=60.0, help="wall-time budget per generator (this call)"
+    )
+    p.add_argument("--jobs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--quick", action="store_true", help="a rehearsal: 2 training and 2 test patients, tiny sizes"
+    )
+    p.add_argument("--n-real", type=int, nargs="+", default=list(N_REAL), help="generators to train")
+    p.add_argument("--epochs", type=int, default=100_000, help="cap on each generator's epochs (total)")
+    p.add_argument("--results-md", default=None, help="file that receives the real-patient section")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    prepare(root, data_dir(args.data_dir))
+    if args.stage == "generators":
+        train_generators(
+            root,
+            n_real=tuple(args.n_real),
+            device=args.device,
+            max_minutes=args.max_minutes,
+            jobs=args.jobs,
+            threads=args.threads,
+            epochs=args.epochs,
+        )
+    elif args.stage != "prepare":
+        run_rest(root, args.stage, quick=args.quick, jobs=args.jobs, results_md=args.results_md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
