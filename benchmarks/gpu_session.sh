@@ -4,10 +4,12 @@
 #   2. generation throughput at 128x128, 20 DPM-Solver++ steps, bf16 (benchmarks/generation_throughput.py),
 #      and training throughput of the CPU-default model at 64x64, batch 64: fp32, bf16, bf16 + torch.compile
 #      (benchmarks/training_throughput.py; target >= 20 iterations/s),
-#   3. in parallel for MINUTES minutes each: the bundle's demo checkpoint (train_diffusion.json itself) and
-#      the six downstream-experiment generators (experiments/train_generators.py).
+#   3. in parallel for MINUTES minutes each: the bundle's demo checkpoint (train_diffusion.json itself),
+#      the six downstream-experiment generators (experiments/train_generators.py) and, where the real-patient
+#      folder is present (shared/data/sts_pet_ct), the three real-patient generators
+#      (experiments/real_patients.py generators; SKIP_REAL=1 leaves them out).
 # Results land in $OUT (default runs/gpu): throughput.json, training_throughput.json, diffusion_demo.pt (slim sampling checkpoint),
-# demo_checkpoint.pt (full training checkpoint, resumable), generators.tar, logs.tar.
+# demo_checkpoint.pt (full training checkpoint, resumable), generators.tar, real_generators.tar, logs.tar.
 # Usage: MINUTES=6 OUT=runs/gpu bash benchmarks/gpu_session.sh
 set -u
 OUT=${OUT:-runs/gpu}
@@ -66,16 +68,29 @@ gens() {
     python3 experiments/train_generators.py --out "$W/generators" --device "$DEVICE" --no-amp \
         --max-minutes "$(python3 -c "print($MINUTES - 1)")" >> "$W/logs/generators.log" 2>&1
 }
+real_gens() {  # the real-patient experiment's generators (experiments/real_patients.py), where the data is
+    [ -n "${SKIP_REAL:-}" ] && return 0
+    local dir=${MONAI_PAIRSYNTH_STS_DIR:-}
+    for d in "$ROOT/../shared/data/sts_pet_ct" "$ROOT/shared/data/sts_pet_ct"; do [ -z "$dir" ] && [ -d "$d" ] && dir=$d; done
+    [ -n "$dir" ] || { echo "no real-patient folder" > "$W/logs/real_generators.log"; return 0; }
+    local bf16=(--no-amp --autocast bfloat16)
+    [ "$DEVICE" = cpu ] && bf16=(--no-amp)
+    python3 experiments/real_patients.py generators --root "$W/real" --data-dir "$dir" --device "$DEVICE" --max-minutes "$MINUTES" \
+        --jobs 3 "${bf16[@]}" > "$W/logs/real_generators.log" 2>&1
+}
 demo & demo_pid=$!
+real_gens & real_pid=$!
 gens & gens_pid=$!
 ( sleep 60; nvidia-smi > "$W/logs/nvidia-smi-training.txt" 2>&1 ) &
 wait $demo_pid; echo "demo exit $?"
 wait $gens_pid; echo "generators exit $?"
+wait $real_pid; echo "real-patient generators exit $?"
 stamp "done training"
 tail -5 "$W/logs/demo_train.log"; cat "$W/logs/generators.log" | grep -v "^\[gen.*-m monai"
 
 cp "$W/diffusion_demo.pt" "$OUT/" 2>/dev/null
 cp "$W/demo/checkpoint.pt" "$OUT/demo_checkpoint.pt" 2>/dev/null
 (cd "$W/generators" 2>/dev/null && tar cf "$OUT/generators.tar" gen_*.pt generators.json */train.log */summary.json */run_config.json)
+(cd "$W/real/generators" 2>/dev/null && tar cf "$OUT/real_generators.tar" gen_real_*.pt generators.json */summary.json */run_config.json)
 (cd "$W" && tar cf "$OUT/logs.tar" logs)
 stamp "all done"

@@ -145,7 +145,14 @@ def arm_datalist(root: Path, n_real: int) -> Path:
 
 
 def generator_command(
-    root: Path, n_real: int, *, device: str, max_minutes: float, threads: int, epochs: int = 100_000
+    root: Path,
+    n_real: int,
+    *,
+    device: str,
+    max_minutes: float,
+    threads: int,
+    epochs: int = 100_000,
+    precision: tuple[str, ...] = (),
 ) -> list[str]:
     """The package's training command for the ``n_real``-patient generator (resumes from its checkpoint)."""
     run_dir = root / "generators" / generator_name(n_real)
@@ -173,6 +180,7 @@ def generator_command(
         "--max-minutes", str(max_minutes),
         "--seed", "0",
     ]  # fmt: skip
+    cmd += list(precision)  # e.g. ("--no-amp", "--autocast", "bfloat16") on a GPU
     if (run_dir / "checkpoint.pt").is_file():
         cmd += ["--resume-from", str(run_dir / "checkpoint.pt")]
     return cmd
@@ -187,6 +195,7 @@ def train_generators(
     jobs: int,
     threads: int,
     epochs: int = 100_000,
+    precision: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train (or resume) one generator per N in parallel processes and export slim sampling checkpoints."""
     from monai_pairsynth.engines import export_sampling_checkpoint
@@ -203,7 +212,13 @@ def train_generators(
             run_dir = root / "generators" / generator_name(n)
             run_dir.mkdir(parents=True, exist_ok=True)
             cmd = generator_command(
-                root, n, device=device, max_minutes=max_minutes, threads=threads, epochs=epochs
+                root,
+                n,
+                device=device,
+                max_minutes=max_minutes,
+                threads=threads,
+                epochs=epochs,
+                precision=precision,
             )
             log = open(run_dir / "train.log", "a", encoding="utf-8")
             print(f"[{generator_name(n)}] {' '.join(cmd[1:])}", flush=True)
@@ -457,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--n-real", type=int, nargs="+", default=list(N_REAL), help="generators to train")
     p.add_argument("--epochs", type=int, default=100_000, help="cap on each generator's epochs (total)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on with CUDA")
+    p.add_argument("--autocast", default=None, choices=("bfloat16",), help="bf16 autocast (no GradScaler)")
     p.add_argument("--results-md", default=None, help="file that receives the real-patient section")
     args = p.parse_args(argv)
     root = Path(args.root)
@@ -470,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs=args.jobs,
             threads=args.threads,
             epochs=args.epochs,
+            precision=(() if args.amp is None else ("--amp" if args.amp else "--no-amp",))
+            + (("--autocast", args.autocast) if args.autocast else ()),
         )
     elif args.stage != "prepare":
         run_rest(root, args.stage, quick=args.quick, jobs=args.jobs, results_md=args.results_md)
