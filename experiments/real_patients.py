@@ -48,8 +48,8 @@ SPACING = 4.0
 SPLIT_SEED = 2026
 NUM_TEST = 12
 N_REAL = (8, 16, 24)
-POOL_SIZE = 40  # the filtered pool of each N keeps 40 of 4 x 40 candidates
-FILTER_EPOCHS = 10
+POOL_SIZE = 32  # the filtered pool of each N keeps 32 of 4 x 32 candidates
+FILTER_EPOCHS = 8
 
 
 def data_dir(arg: str | None) -> Path:
