@@ -55,7 +55,7 @@ def _parts(prob: float, **prep_kwargs):
 
 def test_shared_timesteps_give_the_losses_of_before():
     """With independent_timestep_prob=0 the draws and losses are those of the code before the option
-    (numbers computed at commit 43ba472 with the same script: same seed, same model, same batch)."""
+    (numbers computed at commit fc520f3 with the same script: same seed, same model, same batch)."""
     model = _randomised_model()
     _, prep, inferer, loss_fn = _parts(0.0)
     batch = _batch()

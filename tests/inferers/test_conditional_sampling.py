@@ -53,7 +53,7 @@ def _image(seed: int) -> torch.Tensor:
     return torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-# computed with the code of commit 43ba472 (before per-modality timesteps) on this very model and checkpoint:
+# computed with the code of commit fc520f3 (before per-modality timesteps) on this very model and checkpoint:
 # (sum, sum of |x|, every 97th value) of the samples in [-1, 1], sample_seeds [11, 12], 3 steps
 OLD_SAMPLES = {
     ("ddpm", False): {
