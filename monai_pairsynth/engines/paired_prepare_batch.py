@@ -79,6 +79,12 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
     :class:`~monai_pairsynth.losses.PairedDiffusionLoss` understand. A model trained so can be sampled
     with any subset of modalities given clean (``PairedDiffusionInferer.sample(known=...)``).
 
+    **Field of view.** When the batch holds ``fov_key`` (default ``"fov"``: the ``(B, 1, *spatial)`` {0, 1}
+    mask of :func:`~monai_pairsynth.data.preprocessing_transforms` ``(fov_key="fov")``), it goes into
+    ``targets["fov"]``, where :class:`~monai_pairsynth.losses.PairedDiffusionLoss` leaves the pixels outside
+    the scan out of every term. It is not a modality: not noised, not an input of the network, no draw made for
+    it. A batch without it gives exactly the targets it always did.
+
     Draw order, per batch: timesteps, then per modality (in ``modalities`` order) its iid noise and its offset
     constants, then (only when p > 0) the per-modality draws of :meth:`get_modality_timesteps`; with a
     ``generator`` the same seed gives the same draws, and p = 0 draws exactly what it always drew. Overridable hooks as in MONAI's
@@ -95,6 +101,7 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         independent_timestep_prob: probability that a sample gets per-modality timesteps (0, the default:
             every sample shares one timestep, as always).
         clean_prob: in such a sample, the probability that a modality is given clean (t = 0).
+        fov_key: the batch key of the field-of-view mask handed to the loss when present (``None``: never).
 
     Raises (when called): ``KeyError`` naming a missing modality; ``ValueError`` naming the modalities and
     shapes when spatial shapes or batch sizes differ, or the modality holding NaN/Inf (checked on CPU
@@ -117,6 +124,9 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         (['ct', 'pet'], ['ct', 'pet'])
         >>> bool((kw["clean"]["ct"] & kw["clean"]["pet"]).any())  # one modality of each sample stays noised
         False
+        >>> _, targets, _, _ = prep({**batch, "fov": torch.ones(2, 1, 8, 8)})
+        >>> tuple(targets["fov"].shape)
+        (2, 1, 8, 8)
     """
 
     def __init__(
@@ -129,6 +139,7 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         scheduler: Scheduler | None = None,
         independent_timestep_prob: float = 0.0,
         clean_prob: float = 0.5,
+        fov_key: str | None = "fov",
     ) -> None:
         if isinstance(modalities, str):
             raise ValueError(f"modalities must be a sequence of names, got the string {modalities!r}.")
@@ -166,6 +177,8 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}.")
         if independent_timestep_prob > 0 and len(modalities) < 2:
             raise ValueError("independent_timestep_prob > 0 needs at least two modalities.")
+        if fov_key is not None and (not isinstance(fov_key, str) or fov_key in modalities):
+            raise ValueError(f"fov_key must be None or a name other than the modalities', got {fov_key!r}.")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
         super().__init__(num_train_timesteps=int(num_train_timesteps))
@@ -176,6 +189,7 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.scheduler = scheduler
         self.independent_timestep_prob = float(independent_timestep_prob)
         self.clean_prob = float(clean_prob)
+        self.fov_key = fov_key
 
     # ---- hooks (MONAI DiffusionPrepareBatch names) ----
     def get_noise(self, images: torch.Tensor) -> torch.Tensor:
@@ -271,6 +285,39 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
                 raise ValueError(f"modality {m!r} contains {what} values (batch shape {tuple(x.shape)}).")
         return images
 
+    def validate_fov(
+        self, batchdata: Mapping[str, Any], images: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor | None:
+        """The batch's field-of-view mask as a float ``(B, 1, *spatial)`` {0, 1} tensor, or ``None`` without one.
+
+        Raises ``ValueError`` naming the shapes when it does not match the modalities (batch size and spatial
+        shape, one channel; ``(B, *spatial)`` gets its channel added) or holds values other than 0 and 1 (checked
+        on CPU batches).
+        """
+        if self.fov_key is None or self.fov_key not in batchdata:
+            return None
+        fov = batchdata[self.fov_key]
+        if isinstance(fov, np.ndarray):
+            fov = torch.as_tensor(fov)
+        if not isinstance(fov, torch.Tensor):
+            raise ValueError(
+                f"the field-of-view mask {self.fov_key!r} must be a tensor, got {type(fov).__name__}."
+            )
+        if isinstance(fov, MetaTensor):
+            fov = fov.as_tensor()
+        ref = images[self.modalities[0]]
+        if fov.ndim == ref.ndim - 1:
+            fov = fov.unsqueeze(1)
+        if (fov.shape[0], fov.shape[1], *fov.shape[2:]) != (ref.shape[0], 1, *ref.shape[2:]):
+            raise ValueError(
+                f"the field-of-view mask {self.fov_key!r} has shape {tuple(fov.shape)}; the modalities need "
+                f"{(ref.shape[0], 1, *tuple(ref.shape[2:]))}."
+            )
+        fov = fov.float()
+        if fov.device.type == "cpu" and not bool(((fov == 0) | (fov == 1)).all()):
+            raise ValueError(f"the field-of-view mask {self.fov_key!r} must hold only 0 and 1.")
+        return fov
+
     def __call__(
         self,
         batchdata: Mapping[str, Any],
@@ -279,16 +326,19 @@ class PairedDiffusionPrepareBatch(DiffusionPrepareBatch):
         **kwargs: Any,
     ) -> tuple[dict[str, torch.Tensor], dict, tuple, dict]:
         images = self.validate_batch(batchdata)
+        fov = self.validate_fov(batchdata, images)
         if device is not None:
             images = {m: x.to(device=device, non_blocking=non_blocking, **kwargs) for m, x in images.items()}
+            if fov is not None:
+                fov = fov.to(device=device, non_blocking=non_blocking)
         reference = images[self.modalities[0]]
         timesteps = self.get_timesteps(reference)
         noise = {m: self.get_noise(images[m]) for m in self.modalities}
         if self.independent_timestep_prob <= 0:  # the joint case: nothing else drawn
             target = {m: self.get_target(images[m], noise[m], timesteps) for m in self.modalities}
-            targets = make_paired_target(target, images, noise, timesteps)
+            targets = make_paired_target(target, images, noise, timesteps, fov=fov)
             return images, targets, (), {"noise": noise, "timesteps": timesteps}
         own, clean = self.get_modality_timesteps(timesteps)
         target = {m: self.get_target(images[m], noise[m], own[m]) for m in self.modalities}
-        targets = make_paired_target(target, images, noise, own, clean=clean)
+        targets = make_paired_target(target, images, noise, own, clean=clean, fov=fov)
         return images, targets, (), {"noise": noise, "timesteps": own, "clean": clean}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .paired_diffusion_loss import (
+    FOV_TARGET_KEY,
     PAIRED_TARGET_KEYS,
     PairedDiffusionLoss,
     PerceptualMode,
@@ -13,6 +14,7 @@ from .paired_diffusion_loss import (
 from .random_conv_features import RandomConvFeatures, load_feature_weights
 
 __all__ = [
+    "FOV_TARGET_KEY",
     "PAIRED_TARGET_KEYS",
     "PairedDiffusionLoss",
     "PerceptualMode",

@@ -19,6 +19,14 @@ With per-modality timesteps (``timesteps`` a dict ``{modality: (B,)}``, see
 modality given clean in a sample (``clean[m]`` true: it was an input, not something to predict) is left out
 of that sample's terms: its MSE is the mean over the samples where it was noised, its perceptual term skips it.
 
+**Field of view.** A structured target may carry ``fov``, a ``(B, 1, *spatial)`` {0, 1} mask (1 where the
+sample was scanned, 0 where preprocessing padded a crop beyond the scan, see
+:class:`~monai_pairsynth.data.FieldOfViewd`; the prepare-batch puts it there when the batch holds it). Then
+each modality's MSE is the mean over the in-FOV pixels of each sample (a sample with none counts 0), and the
+perceptual term compares the x0 estimates and references with every outside-FOV pixel set to -1 (the padding
+value) on both sides, so nothing outside the scan reaches the loss or its gradient. Without ``fov`` nothing
+changes.
+
 ``d`` is the LPIPS-style distance (Zhang et al. 2018) without learned weights: each feature vector is
 normalised to unit length over channels, the squared difference is averaged over space and summed over
 the feature maps. ``F`` is pluggable (any module mapping ``(B, 1, *spatial)`` to a list of feature maps);
@@ -41,6 +49,7 @@ from torch import nn
 from .random_conv_features import RandomConvFeatures, load_feature_weights
 
 __all__ = [
+    "FOV_TARGET_KEY",
     "PAIRED_TARGET_KEYS",
     "PairedDiffusionLoss",
     "PerceptualMode",
@@ -51,6 +60,8 @@ __all__ = [
 
 #: keys of the structured target built by :func:`make_paired_target` (and the engines' prepare-batch).
 PAIRED_TARGET_KEYS = ("target", "original", "noise", "timesteps")
+#: optional key of a structured target: the ``(B, 1, *spatial)`` {0, 1} field-of-view mask (see the module docs).
+FOV_TARGET_KEY = "fov"
 
 
 class PerceptualMode(str, Enum):
@@ -66,6 +77,7 @@ def make_paired_target(
     noise: Mapping[str, torch.Tensor],
     timesteps: torch.Tensor | Mapping[str, torch.Tensor],
     clean: Mapping[str, torch.Tensor] | None = None,
+    fov: torch.Tensor | None = None,
 ) -> dict:
     """The structured target that lets :class:`PairedDiffusionLoss` recover x0 estimates.
 
@@ -77,11 +89,33 @@ def make_paired_target(
             timesteps).
         clean: ``{modality: (B,) bool}``: the samples where the modality was given clean (t = 0, not noised);
             they are left out of its loss terms. ``None``: none.
+        fov: ``(B, 1, *spatial)`` {0, 1} field-of-view mask: pixels where it is 0 are left out of every loss
+            term. ``None`` (default): every pixel counts.
     """
     out = {"target": dict(target), "original": dict(original), "noise": dict(noise), "timesteps": timesteps}
     if clean is not None:
         out["clean"] = dict(clean)
+    if fov is not None:
+        out[FOV_TARGET_KEY] = fov
     return out
+
+
+def _field_of_view(target: Mapping, reference: torch.Tensor) -> torch.Tensor | None:
+    """The structured target's field-of-view mask as a float ``(B, 1, *spatial)`` {0, 1} tensor on the device of
+    ``reference`` (a modality's ``(B, C, *spatial)``), or ``None`` when it carries none."""
+    fov = target.get(FOV_TARGET_KEY)
+    if fov is None:
+        return None
+    if not isinstance(fov, torch.Tensor):
+        raise ValueError(f"the target's {FOV_TARGET_KEY!r} must be a tensor, got {type(fov).__name__}.")
+    expected = (reference.shape[0], 1, *reference.shape[2:])
+    if fov.ndim == reference.ndim - 1:  # (B, *spatial): add the channel
+        fov = fov.unsqueeze(1)
+    if tuple(fov.shape) != expected:
+        raise ValueError(
+            f"the field-of-view mask has shape {tuple(fov.shape)}; the modalities need {expected} (B, 1, *spatial)."
+        )
+    return (fov.to(device=reference.device) > 0.5).float()
 
 
 def _is_structured(target: Mapping) -> bool:
@@ -371,17 +405,22 @@ class PairedDiffusionLoss(nn.Module):
                     f"prediction and target of modality {m!r} differ in shape: {tuple(pred.shape)} vs {tuple(tgt.shape)}."
                 )
             keep = _noised(target, m) if structured else None
+            fov = _field_of_view(target, pred) if structured else None
             sample_weight = (
                 self._snr_weight(_modality_timesteps(target, m)) if self.snr_gamma is not None else None
             )
-            if sample_weight is None and keep is None and m not in self.foreground_weight:
+            if sample_weight is None and keep is None and fov is None and m not in self.foreground_weight:
                 mse = F.mse_loss(pred.float(), tgt.float())
             else:
                 err = (pred.float() - tgt.float()).pow(2)
                 if m in self.foreground_weight:
                     fg = target["original"][m].float() > 0
                     err = err * (1.0 + (self.foreground_weight[m] - 1.0) * fg)
-                per_sample = err.flatten(1).mean(1)
+                if fov is None:
+                    per_sample = err.flatten(1).mean(1)
+                else:  # the mean over each sample's in-FOV pixels (0 for a sample with none)
+                    inside = fov.expand_as(err)
+                    per_sample = (err * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1.0)
                 if sample_weight is not None:
                     per_sample = per_sample * sample_weight.to(per_sample.device)
                 if keep is None:
@@ -448,6 +487,7 @@ class PairedDiffusionLoss(nn.Module):
         assert self.scheduler is not None
         timesteps = {m: _modality_timesteps(target, m) for m in modalities}
         noised = {m: _noised(target, m) for m in modalities}
+        fov = _field_of_view(target, model_output[modalities[0]])
         alphas_cumprod = self.scheduler.alphas_cumprod
         ref_feats = {}
         est_feats = {}
@@ -459,6 +499,10 @@ class PairedDiffusionLoss(nn.Module):
             )
             if self.clip_original:
                 x0_hat = x0_hat.clamp(-1.0, 1.0)
+            if fov is not None:  # outside the scan both sides are the padding value: no distance, no gradient
+                outside = fov.expand_as(x0_hat) < 0.5
+                x0_hat = x0_hat.masked_fill(outside, -1.0)
+                original = original.masked_fill(outside, -1.0)
             est_feats[m] = self._features(x0_hat)
             with torch.no_grad():
                 ref_feats[m] = self._features(original)
