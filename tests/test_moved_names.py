@@ -33,6 +33,10 @@ MOVED = [
     ("monai_pairsynth.engines", "LOSS_COMPONENTS_KEY", "monai_pairsynth.handlers"),
     ("monai_pairsynth.engines", "paired_loss_output_transform", "monai_pairsynth.handlers"),
     ("monai_pairsynth.engines", "PerceptualWarmup", "monai_pairsynth.handlers"),
+    ("monai_pairsynth.engines", "EpochTimeLimit", "monai_pairsynth.handlers"),
+    ("monai_pairsynth.engines", "LinearLRWarmup", "monai_pairsynth.handlers"),
+    ("monai_pairsynth.engines.paired_trainer", "EpochTimeLimit", "monai_pairsynth.handlers.epoch_time_limit"),
+    ("monai_pairsynth.engines.paired_trainer", "LinearLRWarmup", "monai_pairsynth.handlers.linear_lr_warmup"),
     (
         "monai_pairsynth.engines.clip_grad_norm_handler",
         "ClipGradNormHandler",

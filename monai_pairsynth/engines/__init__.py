@@ -34,8 +34,6 @@ from .paired_noise_inferer import PairedNoiseInferer
 from .paired_prepare_batch import PairedDiffusionPrepareBatch, offset_noise
 from .paired_trainer import (
     STATS_LOGGER_NAME,
-    EpochTimeLimit,
-    LinearLRWarmup,
     PairedTrainingParts,
     create_paired_trainer,
     skip_redundant_train_calls,
@@ -49,12 +47,10 @@ __all__ = [
     "DEFAULT_CPU_MODEL_KWARGS",
     "STATS_LOGGER_NAME",
     "DeviceTripletLoader",
-    "EpochTimeLimit",
     "FlatParameterAdamW",
     "FlatParameterGroup",
     "ForeachEMAHandler",
     "GatherGradsHandler",
-    "LinearLRWarmup",
     "PairedCheckpointSaver",
     "PairedDiffusionPrepareBatch",
     "PairedNoiseInferer",
@@ -88,6 +84,8 @@ __getattr__ = moved_names(
         for name in (
             "LOSS_COMPONENTS_KEY",
             "ClipGradNormHandler",
+            "EpochTimeLimit",
+            "LinearLRWarmup",
             "LossComponentsHandler",
             "PerceptualWarmup",
             "paired_loss_output_transform",

@@ -6,8 +6,9 @@
 - :class:`PairedNoiseInferer` (``DDPMScheduler.add_noise`` + ``network(noisy_dict, timesteps)``) as ``inferer``;
 - :class:`~monai_pairsynth.losses.PairedDiffusionLoss` as ``loss_function``;
 - one AdamW with a parameter group per modality (:func:`paired_param_groups`);
-- handlers: :class:`LossComponentsHandler`, :class:`PerceptualWarmup`, :class:`ClipGradNormHandler`,
-  ignite ``EMAHandler``, :class:`PairedCheckpointSaver`, MONAI ``StatsHandler`` (and
+- handlers of :mod:`monai_pairsynth.handlers` (``LossComponentsHandler``, ``PerceptualWarmup``,
+  ``ClipGradNormHandler``, ``EpochTimeLimit``, ``LinearLRWarmup``), :class:`ForeachEMAHandler` (an EMA on the
+  contiguous parameter buffers), :class:`PairedCheckpointSaver`, MONAI ``StatsHandler`` (and
   ``TensorBoardStatsHandler`` when tensorboard is importable), ignite ``ProgressBar`` in interactive runs.
 
 It only takes plain values and objects, so a MONAI bundle config can call it by its dotted path.
@@ -19,7 +20,6 @@ import importlib.util
 import logging
 import os
 import sys
-import time
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,19 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Events
 from ignite.handlers import ProgressBar
 from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.networks.schedulers import DDPMScheduler
 from torch import nn
 
+from monai_pairsynth._moved import moved_names
 from monai_pairsynth.handlers import (
     ClipGradNormHandler,
     LossComponentsHandler,
     PerceptualWarmup,
     paired_loss_output_transform,
 )
+from monai_pairsynth.handlers import EpochTimeLimit as _EpochTimeLimit
+from monai_pairsynth.handlers import LinearLRWarmup as _LinearLRWarmup
 from monai_pairsynth.losses import PairedDiffusionLoss, PerceptualMode
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 
@@ -58,7 +61,6 @@ from .param_groups import create_paired_optimizer
 
 __all__ = [
     "STATS_LOGGER_NAME",
-    "LinearLRWarmup",
     "PairedTrainingParts",
     "create_paired_trainer",
     "skip_redundant_train_calls",
@@ -68,6 +70,13 @@ __all__ = [
 STATS_LOGGER_NAME = "monai_pairsynth.train"
 
 logger = logging.getLogger(__name__)
+
+# the trainer's own handlers moved to monai_pairsynth.handlers (issue 16); the old names keep working with a
+# warning (imported above under private names, so that the old path goes through the alias)
+__getattr__ = moved_names(
+    __name__,
+    {"EpochTimeLimit": "monai_pairsynth.handlers", "LinearLRWarmup": "monai_pairsynth.handlers"},
+)
 
 
 @dataclass
@@ -97,87 +106,6 @@ class PairedTrainingParts:
 
 def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
-
-
-class LinearLRWarmup:
-    """Scale every optimiser group's learning rate by ``min(1, iteration / iters)`` at each iteration start.
-
-    Stateless: the factor comes from ``engine.state.iteration`` and the groups' target rates (read at attach
-    time, kept as ``group["warmup_target_lr"]``), so a run resumed inside the warm-up continues the ramp.
-
-    Example:
-        >>> import torch
-        >>> from ignite.engine import Engine
-        >>> opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        >>> engine = Engine(lambda e, b: opt.param_groups[0]["lr"])
-        >>> engine.optimizer = opt
-        >>> LinearLRWarmup(4).attach(engine)
-        >>> lrs = []
-        >>> _ = engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: lrs.append(e.state.output))
-        >>> _ = engine.run(range(6))
-        >>> lrs
-        [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    """
-
-    def __init__(self, iters: int) -> None:
-        if isinstance(iters, bool) or int(iters) != iters or iters < 1:
-            raise ValueError(f"iters must be an int >= 1, got {iters!r}.")
-        self.iters = int(iters)
-
-    def attach(self, engine: Engine) -> None:
-        for group in engine.optimizer.param_groups:  # type: ignore[attr-defined]
-            group.setdefault("warmup_target_lr", group["lr"])
-        engine.add_event_handler(Events.ITERATION_STARTED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        it = engine.state.iteration
-        if it > self.iters + 1:
-            return
-        factor = min(1.0, it / self.iters)
-        for group in engine.optimizer.param_groups:  # type: ignore[attr-defined]
-            group["lr"] = group["warmup_target_lr"] * factor
-
-
-class EpochTimeLimit:
-    """Stop an ignite engine at the end of the first epoch completed after ``seconds`` of ``run()``.
-
-    Like ignite's ``TimeLimit`` but timed from ``Events.STARTED`` (not from construction) and checked per
-    epoch, so the stop falls on an epoch boundary where checkpoints are written and a resumed run continues
-    exactly. ``stopped`` tells whether the limit ended the run.
-
-    Example:
-        >>> from ignite.engine import Engine
-        >>> engine = Engine(lambda e, b: None)
-        >>> limit = EpochTimeLimit(0.0); limit.attach(engine)
-        >>> engine.run(range(3), max_epochs=5).epoch, limit.stopped
-        (1, True)
-    """
-
-    def __init__(self, seconds: float) -> None:
-        if isinstance(seconds, bool) or not float(seconds) >= 0:
-            raise ValueError(f"seconds must be a number >= 0, got {seconds!r}.")
-        self.seconds = float(seconds)
-        self.started = 0.0
-        self.stopped = False
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._start)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def _start(self, engine: Engine) -> None:
-        self.started, self.stopped = time.perf_counter(), False
-
-    def __call__(self, engine: Engine) -> None:
-        elapsed = time.perf_counter() - self.started
-        if elapsed >= self.seconds and engine.state.epoch < engine.state.max_epochs:
-            logger.info(
-                "time limit of %.1f min reached after epoch %d (%.1f min): stopping.",
-                self.seconds / 60.0,
-                engine.state.epoch,
-                elapsed / 60.0,
-            )
-            self.stopped = True
-            engine.terminate()
 
 
 def skip_redundant_train_calls(model: nn.Module) -> nn.Module:
@@ -330,9 +258,9 @@ def _attach_run_handlers(
     """What :func:`create_paired_trainer` attaches after building the ``SupervisedTrainer``, in this order:
     time limit, lr warm-up, the loader's epoch, the ``train()`` skip, EMA, checkpoints (after EMA), progress."""
     if max_minutes is not None:
-        EpochTimeLimit(float(max_minutes) * 60.0).attach(trainer)
+        _EpochTimeLimit(float(max_minutes) * 60.0).attach(trainer)
     if lr_warmup_iters:
-        LinearLRWarmup(int(lr_warmup_iters)).attach(trainer)
+        _LinearLRWarmup(int(lr_warmup_iters)).attach(trainer)
     if hasattr(train_data_loader, "set_epoch") and not isinstance(
         train_data_loader, torch.utils.data.DataLoader
     ):
@@ -398,6 +326,44 @@ def _default_optimizer(
     gradient buckets."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     return create_paired_optimizer(model, lr=lr, weight_decay=weight_decay, flat_buffers=not distributed)
+
+
+def _step_handlers(
+    optimizer: torch.optim.Optimizer,
+    loss_function: PairedDiffusionLoss,
+    perceptual_weight: float,
+    perceptual_start_epoch: int,
+    grad_clip_norm: float | None,
+    grad_clip_per_modality: bool,
+) -> tuple[list[Any], LossComponentsHandler, PerceptualWarmup | None, ClipGradNormHandler | None]:
+    """The handlers of each optimisation step, in attach order (the gradient gather of a flat-buffer optimiser,
+    loss components, the perceptual warm-up, clipping), and the last three of them (``None`` where off)."""
+    loss_components = LossComponentsHandler(loss_function)
+    handlers: list[Any] = [loss_components]
+    if isinstance(
+        optimizer, FlatParameterAdamW
+    ):  # first on BACKWARD_COMPLETED: before clipping reads the buffers
+        handlers.insert(0, GatherGradsHandler(optimizer))
+    warmup = None
+    if perceptual_weight and float(perceptual_weight) > 0:
+        warmup = PerceptualWarmup(perceptual_start_epoch, perceptual_weight, loss_function)
+        handlers.append(warmup)
+    clipping = None
+    if grad_clip_norm is not None:
+        clipping = ClipGradNormHandler(grad_clip_norm, per_group=grad_clip_per_modality)
+        handlers.append(clipping)
+    return handlers, loss_components, warmup, clipping
+
+
+def _ema_handler(
+    model: nn.Module, momentum: float | None, warmup_iters: int | None, momentum_warmup: float
+) -> ForeachEMAHandler | None:
+    """The EMA of ``model`` (``None`` when ``momentum`` is ``None``), with a momentum warm-up unless
+    ``warmup_iters`` is ``None``."""
+    if momentum is None:
+        return None
+    warm = {} if warmup_iters is None else {"momentum_warmup": momentum_warmup, "warmup_iters": warmup_iters}
+    return ForeachEMAHandler(model, momentum=momentum, **warm)
 
 
 def create_paired_trainer(
@@ -559,31 +525,15 @@ def create_paired_trainer(
     if data_generator is None:
         data_generator = getattr(train_data_loader, "generator", None)
 
-    loss_components = LossComponentsHandler(loss_function)
-    handlers: list[Any] = [loss_components]
-    if isinstance(
-        optimizer, FlatParameterAdamW
-    ):  # first on BACKWARD_COMPLETED: before clipping reads the buffers
-        handlers.insert(0, GatherGradsHandler(optimizer))
-    warmup = None
-    if perceptual_weight and float(perceptual_weight) > 0:
-        warmup = PerceptualWarmup(perceptual_start_epoch, perceptual_weight, loss_function)
-        handlers.append(warmup)
-    clipping = (
-        ClipGradNormHandler(grad_clip_norm, per_group=grad_clip_per_modality)
-        if grad_clip_norm is not None
-        else None
+    handlers, loss_components, warmup, clipping = _step_handlers(
+        optimizer,
+        loss_function,
+        perceptual_weight,
+        perceptual_start_epoch,
+        grad_clip_norm,
+        grad_clip_per_modality,
     )
-    if clipping is not None:
-        handlers.append(clipping)
-    ema_handler = None
-    if ema_momentum is not None:
-        warm = (
-            {}
-            if ema_warmup_iters is None
-            else {"momentum_warmup": ema_momentum_warmup, "warmup_iters": ema_warmup_iters}
-        )
-        ema_handler = ForeachEMAHandler(model, momentum=ema_momentum, **warm)
+    ema_handler = _ema_handler(model, ema_momentum, ema_warmup_iters, ema_momentum_warmup)
     saver = None
     if output_dir is not None:
         saver = PairedCheckpointSaver(
