@@ -30,7 +30,7 @@ from .paired_checkpoint import (
     save_paired_checkpoint,
 )
 from .paired_data_loader import paired_data_loader
-from .paired_noise_inferer import PairedNoiseInferer
+from .paired_noise_inferer import MissingModalityError, PairedNoiseInferer
 from .paired_prepare_batch import PairedDiffusionPrepareBatch, offset_noise
 from .paired_trainer import (
     STATS_LOGGER_NAME,
@@ -51,6 +51,7 @@ __all__ = [
     "FlatParameterGroup",
     "ForeachEMAHandler",
     "GatherGradsHandler",
+    "MissingModalityError",
     "PairedCheckpointSaver",
     "PairedDiffusionPrepareBatch",
     "PairedNoiseInferer",

@@ -1,4 +1,9 @@
-"""Training-time inferer of linked diffusion: noise every modality at the shared timestep, predict jointly."""
+"""Training-time inferer of linked diffusion: noise every modality at its timestep, predict jointly.
+
+:class:`PairedNoiseInferer` is the package's one training forward pass: the trainer's ``inferer`` and
+``PairedDiffusionInferer.__call__`` (:mod:`monai_pairsynth.inferers`) both run it, so they accept the same
+inputs and raise the same errors.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import torch
 from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 
-__all__ = ["PairedNoiseInferer", "resolve_autocast_dtype"]
+__all__ = ["MissingModalityError", "PairedNoiseInferer", "resolve_autocast_dtype"]
 
 _AUTOCAST_DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -16,6 +21,14 @@ _AUTOCAST_DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+
+
+class MissingModalityError(KeyError, ValueError):
+    """A modality of the batch has no noise, no timesteps or no prediction in a training forward pass.
+
+    A ``KeyError`` (what the trainer's inferer raised) and a ``ValueError`` (what
+    ``PairedDiffusionInferer.__call__`` raised before both ran the one forward pass), so either ``except`` works.
+    """
 
 
 def resolve_autocast_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
@@ -99,15 +112,20 @@ class PairedNoiseInferer(Inferer):
 
         Returns:
             ``{modality: (B, C, *spatial)}`` predictions.
+
+        Raises:
+            MissingModalityError: (a ``KeyError`` and a ``ValueError``) a modality of ``inputs`` without noise,
+                without timesteps (per-modality ``timesteps``) or without a prediction.
+            ValueError: the network returned something else than a dict, or a prediction of another shape.
         """
         missing = [m for m in inputs if m not in noise]
         if missing:
-            raise KeyError(f"no noise given for modality {missing}; noise has {sorted(noise)}.")
+            raise MissingModalityError(f"no noise given for modality {missing}; noise has {sorted(noise)}.")
         per_modality = isinstance(timesteps, Mapping)
         if per_modality:
             missing = [m for m in inputs if m not in timesteps]
             if missing:
-                raise KeyError(
+                raise MissingModalityError(
                     f"no timesteps given for modality {missing}; timesteps has {sorted(timesteps)}."
                 )
         noisy = {
@@ -137,7 +155,7 @@ class PairedNoiseInferer(Inferer):
             )
         for m, x in noisy.items():
             if m not in prediction:
-                raise KeyError(
+                raise MissingModalityError(
                     f"the network returned no prediction for modality {m!r}; got {sorted(prediction)}."
                 )
             if tuple(prediction[m].shape) != tuple(x.shape):

@@ -35,7 +35,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 from tqdm import tqdm
 
-from monai_pairsynth.engines import load_paired_checkpoint, load_paired_weights
+from monai_pairsynth.engines import PairedNoiseInferer, load_paired_checkpoint, load_paired_weights
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 from monai_pairsynth.networks import PairedDiffusionModel
 from monai_pairsynth.schedulers import (
@@ -241,21 +241,27 @@ class PairedDiffusionInferer(Inferer):
         inputs: Mapping[str, torch.Tensor],
         network: nn.Module,
         noise: Mapping[str, torch.Tensor],
-        timesteps: torch.Tensor,
+        timesteps: torch.Tensor | Mapping[str, torch.Tensor],
+        clean: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Noise every modality to ``timesteps`` and return the network's predictions (a training forward pass).
+
+        It runs the trainer's forward pass, :class:`~monai_pairsynth.engines.PairedNoiseInferer`, on this
+        inferer's noise schedule: the same inputs are accepted and the same errors raised.
 
         Args:
             inputs: ``{modality: (B, C, H, W[, D])}`` clean images in [-1, 1].
             network: the linked model.
             noise: ``{modality: noise}`` of the same shapes.
-            timesteps: ``(B,)`` timesteps shared by all modalities.
+            timesteps: ``(B,)`` timesteps shared by all modalities, or ``{modality: (B,)}``, each modality at its
+                own timesteps.
+            clean: ``{modality: (B,) bool}``: samples where the modality enters clean (t = 0), not noised.
+
+        Raises:
+            monai_pairsynth.engines.MissingModalityError: (a ``KeyError`` and a ``ValueError``) a modality
+                without noise, timesteps or prediction.
         """
-        missing = [m for m in inputs if m not in noise]
-        if missing:
-            raise ValueError(f"noise is missing modality {missing}; got noise for {list(noise)}.")
-        noisy = {m: self.noise_schedule.add_noise(inputs[m], noise[m], timesteps) for m in inputs}
-        return network(noisy, timesteps)
+        return PairedNoiseInferer(self.noise_schedule)(inputs, network, noise, timesteps, clean=clean)
 
     # ------------------------------------------------------------------ schedulers
     def _scheduler_prototype(self, scheduler: str | Scheduler) -> Scheduler:
