@@ -388,7 +388,7 @@ def restore_paired_training(
     generators, and, when the run starts (``Events.STARTED``, after MONAI's ``Trainer.run`` has created its
     ``GradScaler``), the AMP scaler state. With deterministic settings, ``N`` epochs straight and ``k`` epochs
     + resume + ``N - k`` epochs give the same weights. The perceptual weight follows from the epoch through
-    :class:`~monai_pairsynth.engines.PerceptualWarmup`. Random augmentation transforms are reseeded per
+    :class:`~monai_pairsynth.handlers.PerceptualWarmup`. Random augmentation transforms are reseeded per
     epoch by :func:`~monai_pairsynth.engines.train_paired_diffusion`.
 
     Args:

@@ -221,7 +221,7 @@ class PairedDiffusionLoss(nn.Module):
     After every call, :attr:`last_components` holds detached scalars: ``mse_<modality>``, ``mse`` (their sum),
     ``perceptual_<modality>`` and ``perceptual`` (the unweighted perceptual sum, 0 while the term is off),
     ``perceptual_weight`` and ``loss`` (the returned total). A handler such as
-    :class:`~monai_pairsynth.engines.LossComponentsHandler` copies them to ``engine.state.metrics``.
+    :class:`~monai_pairsynth.handlers.LossComponentsHandler` copies them to ``engine.state.metrics``.
 
     Args:
         scheduler: the MONAI noise scheduler of the training run (its ``alphas_cumprod`` recover x0 and
@@ -230,7 +230,7 @@ class PairedDiffusionLoss(nn.Module):
             scheduler's ``prediction_type`` (or ``"epsilon"`` without a scheduler).
         perceptual_weight: weight of the perceptual term; 0 switches it off (its features are not even
             computed). Settable at run time (``loss.perceptual_weight = 0.1``), as
-            :class:`~monai_pairsynth.engines.PerceptualWarmup` does.
+            :class:`~monai_pairsynth.handlers.PerceptualWarmup` does.
         perceptual_mode: ``"cross_modal"`` (the paper's) or ``"reconstruction"``.
         feature_network: module mapping ``(B, 1, *spatial)`` to a list of feature maps; its parameters are
             frozen here. Default: ``RandomConvFeatures(spatial_dims, seed=feature_seed)``.
