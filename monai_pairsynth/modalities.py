@@ -16,7 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -26,12 +28,19 @@ import torch
 
 __all__ = [
     "DEFAULT_MODALITY_SPECS",
+    "FOV_KEY",
+    "FOV_SPEC",
+    "PET_INTENSITY_SPECS",
     "PET_LOG_SPEC",
     "IntensityMapping",
     "ModalityKind",
     "ModalitySpec",
+    "modality_specs_for",
     "resolve_specs",
+    "with_field_of_view",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 class IntensityMapping(str, Enum):
@@ -182,4 +191,106 @@ def resolve_specs(
         out[str(name)] = spec
     if len(out) < 1:
         raise ValueError("at least one modality is required.")
+    return out
+
+
+#: the sample key of the field-of-view mask (``preprocessing_transforms(fov_key=FOV_KEY)``): {0, 1}, 1 where every
+#: image was scanned. It travels beside the modalities but is not one of them (never noised, generated or decoded).
+FOV_KEY = "fov"
+#: how the field-of-view mask is resampled (nearest, like a mask) by the augmentation and the device loader; the
+#: mask itself stays {0, 1} (it is never normalised to [-1, 1]).
+FOV_SPEC = ModalitySpec(ModalityKind.MASK, 0.0, 1.0, "")
+
+#: the PET maps a bundle can choose (``pet_intensity``): the default linear 0-15 SUV, or :data:`PET_LOG_SPEC`.
+PET_INTENSITY_SPECS: dict[str, ModalitySpec] = {"linear": DEFAULT_MODALITY_SPECS["pet"], "log": PET_LOG_SPEC}
+
+
+def with_field_of_view(
+    modalities: Sequence[str] | Mapping[str, ModalitySpec | Mapping[str, Any]], fov_key: str = FOV_KEY
+) -> dict[str, ModalitySpec]:
+    """The resolved specs of ``modalities`` plus ``fov_key`` with :data:`FOV_SPEC`, for code that moves every key
+    of a sample together (augmentation, :class:`~monai_pairsynth.engines.DeviceTripletLoader`).
+
+    Example:
+        >>> sorted(with_field_of_view(["ct", "label"]))
+        ['ct', 'fov', 'label']
+    """
+    specs = resolve_specs(modalities)
+    if fov_key in specs:
+        raise ValueError(
+            f"the field-of-view key {fov_key!r} must not be a modality; modalities {sorted(specs)}."
+        )
+    specs[fov_key] = FOV_SPEC
+    return specs
+
+
+def _recorded_specs(checkpoint: str | os.PathLike | Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``modality_specs`` a training checkpoint (a path or its dict) records."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        try:
+            checkpoint = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint file not found: {os.fspath(checkpoint)!r}.") from None
+        except Exception as err:
+            raise ValueError(f"could not read checkpoint {os.fspath(checkpoint)!r}: {err}") from err
+    recorded = checkpoint.get("modality_specs") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(recorded, Mapping):
+        raise ValueError(
+            "the checkpoint records no modality_specs; is it a monai_pairsynth diffusion checkpoint?"
+        )
+    return recorded
+
+
+def modality_specs_for(
+    modalities: Sequence[str] | Mapping[str, ModalitySpec | Mapping[str, Any]] = ("ct", "pet", "label"),
+    pet_intensity: str = "linear",
+    checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
+    pet_key: str = "pet",
+) -> dict[str, ModalitySpec]:
+    """The specs of a run: ``modalities`` resolved, with the PET map chosen by ``pet_intensity``, or the specs a
+    diffusion ``checkpoint`` records (they win over the setting: a generator decodes with what it was trained on).
+
+    Args:
+        modalities: names (or name -> spec) of the run's modalities.
+        pet_intensity: ``"linear"`` (the default 0-15 SUV map) or ``"log"`` (:data:`PET_LOG_SPEC`, 0-60 SUV), see
+            :data:`PET_INTENSITY_SPECS`; applied to ``pet_key`` when it is one of ``modalities``.
+        checkpoint: a training/sampling checkpoint (path or dict) whose ``modality_specs`` are used for the
+            modalities it records (older checkpoints without a ``mapping`` read as linear). A conflicting
+            ``pet_intensity`` is logged and ignored. ``None``, ``""`` or ``"None"``: use the setting.
+        pet_key: the PET modality's name.
+
+    Example:
+        >>> specs = modality_specs_for(["ct", "pet", "label"], "log")
+        >>> specs["pet"].mapping.value, specs["pet"].high
+        ('log', 60.0)
+        >>> modality_specs_for(["ct", "pet"], "linear", checkpoint={"modality_specs": {"pet": PET_LOG_SPEC.to_dict()}})[
+        ...     "pet"
+        ... ] == PET_LOG_SPEC
+        True
+    """
+    choice = str(pet_intensity).strip().lower()
+    if choice not in PET_INTENSITY_SPECS:
+        raise ValueError(
+            f"pet_intensity must be one of {sorted(PET_INTENSITY_SPECS)}, got {pet_intensity!r}."
+        )
+    specs = resolve_specs(modalities)
+    if choice != "linear" and pet_key not in specs:
+        raise ValueError(
+            f"pet_intensity {choice!r} needs a {pet_key!r} modality; modalities {sorted(specs)}."
+        )
+    if pet_key in specs:
+        specs[pet_key] = PET_INTENSITY_SPECS[choice]
+    if checkpoint is None or str(checkpoint).strip() in ("", "None", "null"):
+        return specs
+    recorded = _recorded_specs(checkpoint)
+    out = dict(specs)
+    for name in specs:
+        if name in recorded:
+            out[name] = resolve_specs({name: recorded[name]})[name]
+    if pet_key in out and out[pet_key] != specs[pet_key]:
+        logger.warning(
+            "pet_intensity %r ignored: the checkpoint records the PET map %s; using the checkpoint's.",
+            choice,
+            out[pet_key].to_dict(),
+        )
     return out

@@ -41,7 +41,13 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tenso
 
 from ..modalities import ModalitySpec, resolve_specs
 from .cropping import CentreOfMassCrop, CentreOfMassCropd, ExtractTumourSlicesd
-from .resampling import FieldOfViewd, GaussianAntiAliasd, anti_aliasing_sigma, gaussian_blur
+from .resampling import (
+    EnsureFieldOfViewd,
+    FieldOfViewd,
+    GaussianAntiAliasd,
+    anti_aliasing_sigma,
+    gaussian_blur,
+)
 from .validation import (
     DatasetError,
     ValidateCased,
@@ -56,6 +62,7 @@ __all__ = [
     "CheckBinaryLabeld",
     "DatasetErrorCompose",
     "DenormalizeModalitiesd",
+    "EnsureFieldOfViewd",
     "ExtractTumourSlicesd",
     "FieldOfViewd",
     "GaussianAntiAliasd",

@@ -21,7 +21,7 @@ from .validation import (
     describe_key,
 )
 
-__all__ = ["FieldOfViewd", "GaussianAntiAliasd", "anti_aliasing_sigma", "gaussian_blur"]
+__all__ = ["EnsureFieldOfViewd", "FieldOfViewd", "GaussianAntiAliasd", "anti_aliasing_sigma", "gaussian_blur"]
 
 
 def anti_aliasing_sigma(source_spacing: Sequence[float], target_spacing: Sequence[float]) -> list[float]:
@@ -186,4 +186,31 @@ class FieldOfViewd(MapTransform):
         d[self.fov_key] = convert_to_dst_type(fov, ref, dtype=torch.float32)[0]
         if isinstance(d[self.fov_key], MetaTensor):
             d[self.fov_key].applied_operations = []
+        return d
+
+
+class EnsureFieldOfViewd(MapTransform):
+    """Give a sample without a field-of-view mask one that marks every pixel as scanned (all 1, the shape of
+    ``reference_key``); a sample that has one keeps it. For data that never left its scan (the phantom, in-memory
+    samples) beside data that carries :class:`FieldOfViewd`'s mask, so that every sample has the key.
+
+    Example:
+        >>> import torch
+        >>> out = EnsureFieldOfViewd(reference_key="ct")({"ct": torch.zeros(1, 4, 4)})
+        >>> tuple(out["fov"].shape), float(out["fov"].min())
+        ((1, 4, 4), 1.0)
+    """
+
+    def __init__(self, fov_key: str = "fov", reference_key: str = "ct") -> None:
+        super().__init__([fov_key], allow_missing_keys=True)
+        self.fov_key, self.reference_key = fov_key, reference_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.fov_key in d:
+            return d
+        if self.reference_key not in d:
+            raise KeyError(f"reference key {self.reference_key!r} not in data (keys: {list(d)}).")
+        ref = convert_to_tensor(d[self.reference_key], track_meta=False)
+        d[self.fov_key] = torch.ones_like(ref, dtype=torch.float32)
         return d

@@ -164,6 +164,8 @@ def real_samples(
     keys: Sequence[str] = ("ct", "pet", "label"),
     label_key: str = "label",
     foreground_values: Sequence[float] | None = (1, 2),
+    specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+    fov_key: str | None = None,
 ) -> list[dict[str, Any]]:
     """The samples of one split in physical units (HU, SUV, {0, 1}): ``[{key: MetaTensor (1, H, W), "case_id"}]``.
 
@@ -187,6 +189,12 @@ def real_samples(
         label_key: the tumour mask key.
         foreground_values: label values merged into the tumour (HECKTOR: GTVp 1 and GTVn 2); ``None`` requires
             binary labels.
+        specs: the modality specs real data is normalised and decoded with (default ``DEFAULT_MODALITY_SPECS``;
+            e.g. :func:`monai_pairsynth.modalities.modality_specs_for` with ``pet_intensity="log"`` keeps PET up to
+            60 SUV instead of clipping it at 15). Not used by the phantom.
+        fov_key: real data only: each sample also carries its {0, 1} field-of-view mask under this key (1 where
+            every image was scanned, 0 where the crop padded, :class:`~monai_pairsynth.data.FieldOfViewd`), which
+            the metrics use to leave the padding out. ``None`` (default): no mask. Phantom samples never have one.
 
     Raises:
         BundleSettingError: an unusable ``dataset_dir`` or a file that cannot be read or preprocessed (named).
@@ -199,6 +207,7 @@ def real_samples(
     if split not in SPLITS:
         raise BundleSettingError(f"split must be one of {list(SPLITS)}, got {split!r}.")
     keys = [str(k) for k in keys]
+    spec_map = resolve_specs({k: (specs or {}).get(k) for k in keys})
     size = tuple(int(s) for s in spatial_size)
     items = real_datalist(dataset_dir, split, fractions=fractions, seed=seed, keys=keys)
     if items is None:
@@ -220,7 +229,9 @@ def real_samples(
         label_key=label_key,
         spacing=float(spacing),
         spatial_size=size,
+        specs=spec_map,
         foreground_values=None if foreground_values is None else tuple(foreground_values),
+        fov_key=None if _is_unset(fov_key) else str(fov_key),
     )
     try:
         slices = preprocess_datalist(items, transform)
@@ -230,10 +241,12 @@ def real_samples(
         raise BundleSettingError(
             f"dataset_dir {str(dataset_dir)!r}: the {split} split gave no tumour slice after preprocessing."
         )
-    decode = DenormalizeModalitiesd(keys)
+    decode = DenormalizeModalitiesd(keys, spec_map)
     out = []
     for i, s in enumerate(slices):
         sample = decode({k: s[k] for k in keys})
+        if not _is_unset(fov_key):
+            sample[str(fov_key)] = s[str(fov_key)]
         sample["case_id"] = str(s.get("case_id", f"{split}-{i:05d}"))
         out.append(sample)
     return out

@@ -22,6 +22,7 @@ from monai.transforms import Compose
 from monai.utils import set_determinism
 
 from monai_pairsynth.data import (
+    EnsureFieldOfViewd,
     NormalizeModalitiesd,
     PhantomDataset,
     augmentation_transforms,
@@ -30,7 +31,7 @@ from monai_pairsynth.data import (
     preprocessing_transforms,
 )
 from monai_pairsynth.losses import PerceptualMode
-from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+from monai_pairsynth.modalities import FOV_KEY, ModalitySpec, resolve_specs, with_field_of_view
 from monai_pairsynth.networks import PairedDiffusionModel
 from monai_pairsynth.utils import atomic_write_json
 
@@ -38,7 +39,12 @@ from .device_triplet_loader import DeviceTripletLoader
 from .paired_data_loader import paired_data_loader
 from .paired_trainer import create_paired_trainer
 
-__all__ = ["DEFAULT_CPU_MODEL_KWARGS", "build_training_dataset", "train_paired_diffusion"]
+__all__ = [
+    "DEFAULT_CPU_MODEL_KWARGS",
+    "build_training_dataset",
+    "device_training_loader",
+    "train_paired_diffusion",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,7 @@ def build_training_dataset(
     foreground_values: Sequence[float] | None = None,
     cache: bool = True,
     data_summary: dict[str, Any] | None = None,
+    use_fov_mask: bool = False,
 ) -> Dataset:
     """The training dataset of :func:`train_paired_diffusion`: samples ``{modality: (1, *spatial)}`` in [-1, 1].
 
@@ -97,11 +104,22 @@ def build_training_dataset(
         cache: cache the deterministic part in memory (``CacheDataset``).
         data_summary: for files, a dict that receives ``cases``, ``samples`` and ``empty_cases`` (ids of cases
             that gave no slice, also logged), for the run's summary.
+        use_fov_mask: every sample carries the field-of-view mask ``"fov"`` ({0, 1}, 1 where every image was
+            scanned), which the augmentation moves with the images and the training loss uses to leave out what
+            preprocessing padded (:class:`~monai_pairsynth.losses.PairedDiffusionLoss`). Files get it from
+            preprocessing (``preprocessing_transforms(fov_key="fov")``); the phantom and in-memory samples without
+            one get an all-ones mask (nothing padded). Default off: samples as before, no ``"fov"``.
     """
     specs = resolve_specs(modality_specs)
     keys = list(specs)
-    random_part = [augmentation_transforms(keys, spatial_dims=spatial_dims, specs=specs)] if augment else []
+    fov_key = FOV_KEY if use_fov_mask else None
+    moved = with_field_of_view(specs) if use_fov_mask else specs  # what augmentation moves together
+    random_part = (
+        [augmentation_transforms(list(moved), spatial_dims=spatial_dims, specs=moved)] if augment else []
+    )
     normalize = [] if data_normalized else [NormalizeModalitiesd(keys, specs)]
+    if use_fov_mask:
+        normalize = [*normalize, EnsureFieldOfViewd(FOV_KEY, reference_key=keys[0])]
 
     def _files(items: Sequence[Mapping[str, Any]]) -> bool:
         return all(
@@ -128,6 +146,7 @@ def build_training_dataset(
             specs=specs,
             foreground_values=foreground_values,
             extract_slices=spatial_dims == 2,
+            fov_key=fov_key,
         )
         base = preprocess_datalist(items, prep, summary=data_summary)  # already normalised to [-1, 1]
         deterministic = []
@@ -229,12 +248,15 @@ def _training_loader(
     augment: bool,
     device_loader: bool,
     num_workers: int,
+    use_fov_mask: bool = False,
 ) -> Any:
-    """A :class:`DeviceTripletLoader` (slices on the device, batched augmentation) or a seeded DataLoader."""
+    """A :class:`DeviceTripletLoader` (slices on the device, batched augmentation) or a seeded DataLoader; with
+    ``use_fov_mask`` the device loader stacks and augments the ``"fov"`` mask beside the modalities."""
     if device_loader:
-        return DeviceTripletLoader.from_samples(
+        return device_training_loader(
             dataset,
             batch_size,
+            use_fov_mask=use_fov_mask,
             modality_specs=specs,
             device=device,
             seed=seed,
@@ -242,6 +264,50 @@ def _training_loader(
             drop_last=False,
         )
     return paired_data_loader(dataset, batch_size=batch_size, seed=seed, num_workers=num_workers)
+
+
+def device_training_loader(
+    samples: Any, batch_size: int, *, use_fov_mask: bool = False, **kwargs: Any
+) -> DeviceTripletLoader:
+    """:meth:`DeviceTripletLoader.from_samples` that, with ``use_fov_mask``, also stacks every sample's ``"fov"``
+    mask and moves it with the modalities (the same rotation, shift and flip; nearest, like a mask), so its batches
+    hold ``"fov"`` for the loss. Without it: exactly ``DeviceTripletLoader.from_samples(samples, batch_size,
+    **kwargs)``.
+
+    Example:
+        >>> import torch
+        >>> samples = [{"ct": torch.zeros(1, 8, 8), "label": -torch.ones(1, 8, 8), "fov": torch.ones(1, 8, 8)}] * 2
+        >>> loader = device_training_loader(samples, 2, use_fov_mask=True, modality_specs=["ct", "label"], seed=0)
+        >>> sorted(next(iter(loader)))
+        ['ct', 'fov', 'label']
+    """
+    loader = DeviceTripletLoader.from_samples(samples, batch_size, **kwargs)
+    if not use_fov_mask:
+        return loader
+    fov = []
+    for i in range(len(samples)):
+        item = samples[i]
+        if FOV_KEY not in item:
+            raise KeyError(
+                f"sample {i} has no field-of-view mask {FOV_KEY!r} (use_fov_mask); it has {sorted(item)}."
+            )
+        x = item[FOV_KEY]
+        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+        fov.append(x.float())
+    stacked = torch.stack(fov)
+    reference = next(iter(loader.data.values()))
+    if (
+        stacked.shape[0] != reference.shape[0]
+        or stacked.shape[2:] != reference.shape[2:]
+        or stacked.shape[1] != 1
+    ):
+        raise ValueError(
+            f"the field-of-view masks have shape {tuple(stacked.shape)}; the modalities {tuple(reference.shape)}."
+        )
+    # the loader moves every tensor of its data with one grid per sample: the mask follows like a mask (nearest)
+    loader.data[FOV_KEY] = stacked.to(loader.device).contiguous()
+    loader.is_mask[FOV_KEY] = True
+    return loader
 
 
 def train_paired_diffusion(
@@ -270,6 +336,7 @@ def train_paired_diffusion(
     feature_weights_path: str | os.PathLike | None = None,
     snr_gamma: float | None = None,
     foreground_weight: Mapping[str, float] | None = None,
+    use_fov_mask: bool = False,
     amp: bool | None = None,
     autocast_dtype: str | None = None,
     device_loader: bool = False,
@@ -316,6 +383,8 @@ def train_paired_diffusion(
             (weight 0 disables it).
         snr_gamma, foreground_weight: Min-SNR-gamma and foreground-pixel weighting of the loss (see
             :class:`~monai_pairsynth.losses.PairedDiffusionLoss`); ``None``: off.
+        use_fov_mask: carry the field-of-view mask with every sample (see :func:`build_training_dataset`), so
+            the loss leaves out every pixel a crop padded beyond the scan. Default off.
         amp: mixed precision (MONAI's CUDA autocast + ``GradScaler``); default on for CUDA devices unless
             ``autocast_dtype`` is given.
         autocast_dtype: ``"bfloat16"``: the network under bf16 autocast on any device, no ``GradScaler``
@@ -366,8 +435,11 @@ def train_paired_diffusion(
         seed=seed,
         augment=augment and not device_loader,
         data_normalized=data_normalized,
+        use_fov_mask=use_fov_mask,
     )
-    loader = _training_loader(dataset, batch_size, specs, device, seed, augment, device_loader, num_workers)
+    loader = _training_loader(
+        dataset, batch_size, specs, device, seed, augment, device_loader, num_workers, use_fov_mask
+    )
     first = dataset[0]
     trained_size = [int(s) for s in first[modalities[0]].shape[1:]]
     generator = torch.Generator(device=device).manual_seed(seed + 1)
@@ -399,6 +471,7 @@ def train_paired_diffusion(
         "feature_weights_path": None if feature_weights_path is None else str(feature_weights_path),
         "snr_gamma": snr_gamma,
         "foreground_weight": None if foreground_weight is None else dict(foreground_weight),
+        "use_fov_mask": bool(use_fov_mask),
         "amp": amp,
         "autocast_dtype": autocast_dtype,
         "device_loader": device_loader,

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from monai_pairsynth.modalities import modality_specs_for
+
 from .paired_training import DEFAULT_CPU_MODEL_KWARGS, train_paired_diffusion
 
 __all__ = ["build_parser", "main"]
@@ -58,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--modalities", nargs="+", default=["ct", "pet", "label"], help="modality keys (default specs)"
+    )
+    p.add_argument(
+        "--pet-intensity",
+        default="linear",
+        choices=("linear", "log"),
+        help="PET map to [-1, 1]: linear 0-15 SUV (default) or the log map 0-60 SUV (PET_LOG_SPEC)",
+    )
+    p.add_argument(
+        "--use-fov-mask",
+        action="store_true",
+        help="carry the field-of-view mask with each sample; the loss ignores what preprocessing padded",
     )
     p.add_argument("--num-cases", type=int, default=32, help="phantom cases")
     p.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
@@ -166,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = train_paired_diffusion(
             args.output_dir,
             data=args.datalist,
-            modality_specs=tuple(args.modalities),
+            modality_specs=modality_specs_for(tuple(args.modalities), args.pet_intensity),
             num_cases=args.num_cases,
             spatial_dims=args.spatial_dims,
             spatial_size=tuple(args.spatial_size),
@@ -191,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             feature_weights_path=args.feature_weights,
             snr_gamma=args.snr_gamma,
             foreground_weight=args.foreground_weight,
+            use_fov_mask=args.use_fov_mask,
             amp=args.amp,
             autocast_dtype=args.autocast,
             device_loader=args.device_loader,
