@@ -41,6 +41,13 @@ a mask shifted by 2 cm and a CT of another patient.
   (the same on the PET smoothed by 2 mm, > 0.15 SUV). About 0.99 on phantom triplets, 0.88 for a flipped CT;
   on cropped real scans both outlines are mostly the field-of-view box.
 
+**Field of view.** A real triplet that carries a {0, 1} field-of-view mask (``fov_key``, default ``"fov"``:
+1 where every image was scanned, 0 where preprocessing padded the crop, see
+:class:`~monai_pairsynth.data.FieldOfViewd`) is scored inside it only: the structure term sums over the mask
+eroded by ``2 * max(ct_smoothing_mm, pet_smoothing_mm)`` mm plus one voxel (so the straight padding edge, where
+CT and PET both jump, does not count as shared structure), the lesion background shell and both body outlines
+are restricted to the mask. Triplets without it (the phantom, generated ones) are scored exactly as before.
+
 Read every term against real triplets, the ceiling a perfect generator reaches (real tumours score well below
 1 because a PET threshold is not the tumour's drawn border).
 """
@@ -107,9 +114,12 @@ def _lesion_score(
     suvmax_margin_mm: float,
     voi_margin_mm: float,
     pet_body: np.ndarray,
+    fov: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """``(lesion_score, background, peak)`` of one non-empty mask (module docstring)."""
     shell = _dilate(mask, shell_outer_mm, spacing) & ~_dilate(mask, shell_inner_mm, spacing)
+    if fov is not None and int((shell & fov).sum()) >= 5:
+        shell = shell & fov
     in_body = shell & pet_body
     region = in_body if int(in_body.sum()) >= 5 else shell
     background = float(np.median(pet[region])) if region.any() else 0.0
@@ -122,7 +132,12 @@ def _lesion_score(
 
 
 def _structure_score(
-    ct: np.ndarray, pet: np.ndarray, spacing: Sequence[float], ct_smoothing_mm: float, pet_smoothing_mm: float
+    ct: np.ndarray,
+    pet: np.ndarray,
+    spacing: Sequence[float],
+    ct_smoothing_mm: float,
+    pet_smoothing_mm: float,
+    inside: np.ndarray | None = None,
 ) -> float:
     """``max(0, 2 c - 1)`` with ``c`` the magnitude-weighted squared cosine of the CT and PET gradients."""
 
@@ -135,6 +150,8 @@ def _structure_score(
     g_pet = gradient(pet, pet_smoothing_mm)
     dot = sum(a * b for a, b in zip(g_ct, g_pet))
     norm = sum(a * a for a in g_ct) * sum(b * b for b in g_pet)
+    if inside is not None:  # only what was scanned (module docstring)
+        dot, norm = dot * inside, norm * inside
     total = float(norm.sum())
     if not total > 0.0:
         return 0.0
@@ -209,6 +226,7 @@ def pairedness(
     background_fraction: float = 0.3,
     min_peak_ratio: float = 1.1,
     ct_smoothing_mm: float = 2.0,
+    fov_key: str | None = "fov",
 ) -> dict[str, torch.Tensor]:
     """Per-triplet pairedness: the ``score`` (lesion term x structure term) and the earlier Dice terms.
 
@@ -231,6 +249,8 @@ def pairedness(
         background_fraction: the lesion threshold, ``background + fraction * (peak - background)`` (0.3).
         min_peak_ratio: a peak at most this times the background counts as no uptake (lesion term 0).
         ct_smoothing_mm: Gaussian sigma (mm) applied to the CT before its gradient.
+        fov_key: the key of a field-of-view mask; where the triplets carry it, pixels outside it are left out
+            (module docstring). ``None``: never read.
 
     Returns:
         float64 tensors ``(B,)``: ``score`` (``lesion_score * structure_score``), ``lesion_score``,
@@ -273,8 +293,20 @@ def pairedness(
     keys = [ct_key, pet_key, label_key]
     if len(set(keys)) != 3:
         raise ValueError(f"ct_key, pet_key and label_key must differ, got {keys}.")
-    data = gather_keys(triplet_batch, keys, name="triplet set")
+    data = None
+    if fov_key is not None and fov_key not in keys:
+        try:
+            data = gather_keys(triplet_batch, [*keys, fov_key], name="triplet set")
+        except KeyError:
+            data = None  # no field-of-view mask: every pixel counts, as always
+    if data is None:
+        data = gather_keys(triplet_batch, keys, name="triplet set")
+    fovs = data.get(fov_key) if fov_key is not None else None
     reference = tuple(data[ct_key].shape)
+    if fovs is not None and tuple(fovs.shape) != reference:
+        raise ValueError(
+            f"the field-of-view mask {fov_key!r} has shape {tuple(fovs.shape)}, the triplets {reference}."
+        )
     for key in keys:
         shape = tuple(data[key].shape)
         if len(shape) not in (4, 5) or shape[1] != 1:
@@ -290,13 +322,21 @@ def pairedness(
     pet = data[pet_key][:, 0].double().numpy()
     masks = data[label_key][:, 0].numpy() > 0.5
     n = reference[0]
+    fov_masks = None if fovs is None else fovs[:, 0].numpy() > 0.5
+    erode = math.ceil(2.0 * max(ct_smoothing_mm, pet_smoothing_mm) / min(mm)) + 1
     nan = np.full(n, np.nan)
     lesion, body, suvmax = nan.copy(), np.zeros(n), nan.copy()
     lesion_score, structure, background, peak_suv = nan.copy(), np.zeros(n), nan.copy(), nan.copy()
     for b in range(n):
+        fov = None if fov_masks is None else fov_masks[b]
         pet_body = body_outline(pet[b], pet_body_threshold, pet_smoothing_mm, mm)
-        body[b] = _dice(body_outline(ct[b], ct_body_threshold), pet_body)
-        structure[b] = _structure_score(ct[b], pet[b], mm, ct_smoothing_mm, pet_smoothing_mm)
+        ct_body = body_outline(ct[b], ct_body_threshold)
+        inside = None
+        if fov is not None:
+            pet_body, ct_body = pet_body & fov, ct_body & fov
+            inside = ndimage.binary_erosion(fov, iterations=erode, border_value=1).astype(np.float64)
+        body[b] = _dice(ct_body, pet_body)
+        structure[b] = _structure_score(ct[b], pet[b], mm, ct_smoothing_mm, pet_smoothing_mm, inside)
         m = masks[b]
         if not m.any():
             continue
@@ -315,6 +355,7 @@ def pairedness(
             suvmax_margin_mm,
             voi_margin_mm,
             pet_body,
+            fov,
         )
     return {
         "score": torch.from_numpy(lesion_score * structure),
