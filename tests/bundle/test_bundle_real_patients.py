@@ -95,3 +95,32 @@ def test_binary_only_labels_fail_with_one_line(tmp_path, own_folder):
     assert "\n" not in str(err) and re.search(
         r"labelsTr/STS_0\d\d.nii.gz.*values 2 outside \{0, 1\}", str(err)
     )
+
+
+def test_log_pet_map_and_field_of_view_mask_on_real_patients(tmp_path, own_folder):
+    """``pet_intensity log`` in train_segmentation and evaluate (real PET read up to 60 SUV, the segmenter's input
+    on the log map) and ``use_fov_mask`` in evaluate (the test samples keep their field-of-view mask, the Dice
+    ignores the padding)."""
+    from monai_pairsynth.modalities import PET_LOG_SPEC
+
+    workflow = run_workflow(
+        "train_segmentation.json",
+        **_overrides(tmp_path, "seg", synthetic_ratio=0, dataset_dir=str(own_folder), pet_intensity="log"),
+    )
+    assert workflow.parser.get_parsed_content("intensity_transforms")[0].specs["pet"] == PET_LOG_SPEC
+    out = tmp_path / "eval"
+    workflow = run_workflow(
+        "evaluate.json",
+        **grid_overrides(
+            dataset_dir=str(own_folder),
+            pet_intensity="log",
+            use_fov_mask=True,
+            segmentation_checkpoint=str(tmp_path / "seg" / "model_final.pt"),
+            output_dir=str(out),
+        ),
+    )
+    test = workflow.parser.get_parsed_content("test#real_data")
+    fov = torch.stack([s["fov"] for s in test])
+    assert set(fov.unique().tolist()) == {0.0, 1.0} and bool((fov[..., 0] == 0).all())  # padded border
+    dice = json.loads((out / "evaluation.json").read_text())["dice"]["mixed"]
+    assert 0.0 <= dice["mean"] <= 1.0 and len(dice["per_case"]) == len(test)
