@@ -290,9 +290,11 @@ def preprocessing_transforms(
             ``spacing`` is coarser than its file's (no effect where the file is as fine or finer).
         fov_key: if set (e.g. ``"fov"``), each sample carries a ``{0, 1}`` field-of-view mask under this key
             (:class:`FieldOfViewd`): 0 where an image was never scanned (outside the PET's or the CT's extent,
-            or padding added by the crop). Off by default: the trainer, the augmentation and the pool do not
-            read it yet, and a mask that augmentation does not move would be wrong; list it in
-            :func:`augmentation_transforms` keys (as a mask) when you use it.
+            or padding added by the crop). Off by default. The diffusion loss leaves out what it marks 0 when a
+            batch carries it, and the test Dice and pairedness do where a real sample does
+            (``build_training_dataset(use_fov_mask=True)`` turns it on for training, docs/data.md section 3.1);
+            an augmentation must move it with the images: list it in :func:`augmentation_transforms` keys with
+            :data:`~monai_pairsynth.modalities.FOV_SPEC` (a mask: nearest).
 
     Returns:
         A Compose; called on a datalist item it returns a list of slice dicts (or one dict), values in
