@@ -38,7 +38,12 @@ from .paired_trainer import (
     create_paired_trainer,
     skip_redundant_train_calls,
 )
-from .paired_training import DEFAULT_CPU_MODEL_KWARGS, build_training_dataset, train_paired_diffusion
+from .paired_training import (
+    DEFAULT_CPU_MODEL_KWARGS,
+    build_training_dataset,
+    device_training_loader,
+    train_paired_diffusion,
+)
 from .param_groups import create_paired_optimizer, paired_param_groups
 
 __all__ = [
@@ -62,6 +67,7 @@ __all__ = [
     "create_noise_scheduler",
     "create_paired_optimizer",
     "create_paired_trainer",
+    "device_training_loader",
     "export_sampling_checkpoint",
     "flatten_into_buffer",
     "load_paired_checkpoint",

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+from monai_pairsynth.modalities import DEFAULT_MODALITY_SPECS, ModalitySpec, resolve_specs
 
 __all__ = ["DeviceTripletLoader"]
 
@@ -43,7 +43,11 @@ class DeviceTripletLoader:
     Args:
         data: ``{modality: (N, C, H, W)}`` tensors in [-1, 1] (all modalities of one shape).
         batch_size: samples per batch.
-        modality_specs: names or specs of the modalities; masks (``is_mask``) are resampled nearest.
+        modality_specs: names or ``{name: ModalitySpec}`` of the modalities (default: the keys of ``data``, with
+            the default specs); masks (``is_mask``) are resampled nearest. A name without a default spec needs
+            its spec here. Every named modality is moved with the same per-sample transform, so a mask that
+            travels beside the modalities (e.g. the field-of-view mask,
+            :func:`monai_pairsynth.modalities.with_field_of_view`) can be named here too.
         device: where the data and the batches live (default: the data's device).
         seed: base seed of the order and the augmentation.
         augment: apply the random affine and flip.
@@ -86,8 +90,10 @@ class DeviceTripletLoader:
             raise ValueError(
                 f"rotate_degrees and translate_voxels must be >= 0, got {rotate_degrees!r}, {translate_voxels!r}."
             )
-        names = list(data) if modality_specs is None else list(resolve_specs(modality_specs))
-        specs = resolve_specs(names)
+        # the given specs are kept as they are (a custom name or mask needs its own spec); without them the
+        # data's keys take the default specs
+        specs = resolve_specs(list(data) if modality_specs is None else modality_specs)
+        names = list(specs)
         missing = [m for m in names if m not in data]
         if missing:
             raise KeyError(f"data lacks modalities {missing}; it has {sorted(data)}.")
@@ -135,11 +141,7 @@ class DeviceTripletLoader:
         if n == 0:
             raise ValueError("samples is empty.")
         first = samples[0]
-        names = (
-            list(resolve_specs(specs))
-            if specs is not None
-            else [k for k in first if k in ("ct", "pet", "label")]
-        )
+        names = list(resolve_specs(specs)) if specs is not None else cls.default_names(first)
         stacked: dict[str, list[torch.Tensor]] = {m: [] for m in names}
         shape0: dict[str, tuple[int, ...]] = {}
         for i in range(n):
@@ -162,6 +164,12 @@ class DeviceTripletLoader:
                     raise ValueError(f"{case}: modality {m!r} holds NaN/Inf values.")
                 stacked[m].append(x)
         return cls({m: torch.stack(v) for m, v in stacked.items()}, batch_size, **kwargs)
+
+    @staticmethod
+    def default_names(sample: Mapping[str, Any]) -> list[str]:
+        """The modalities :meth:`from_samples` stacks without ``modality_specs``: the keys of ``sample`` that have a
+        default spec (``ct``, ``pet``, ``label``), in the sample's order."""
+        return [k for k in sample if k in DEFAULT_MODALITY_SPECS]
 
     def set_epoch(self, epoch: int) -> None:
         """Order and augmentation of the next iteration pass are those of ``epoch``."""

@@ -271,8 +271,8 @@ def device_training_loader(
 ) -> DeviceTripletLoader:
     """:meth:`DeviceTripletLoader.from_samples` that, with ``use_fov_mask``, also stacks every sample's ``"fov"``
     mask and moves it with the modalities (the same rotation, shift and flip; nearest, like a mask), so its batches
-    hold ``"fov"`` for the loss. Without it: exactly ``DeviceTripletLoader.from_samples(samples, batch_size,
-    **kwargs)``.
+    hold ``"fov"`` for the loss: the loader is given ``with_field_of_view(modality_specs)``. Without it: exactly
+    ``DeviceTripletLoader.from_samples(samples, batch_size, **kwargs)``.
 
     Example:
         >>> import torch
@@ -281,33 +281,12 @@ def device_training_loader(
         >>> sorted(next(iter(loader)))
         ['ct', 'fov', 'label']
     """
-    loader = DeviceTripletLoader.from_samples(samples, batch_size, **kwargs)
-    if not use_fov_mask:
-        return loader
-    fov = []
-    for i in range(len(samples)):
-        item = samples[i]
-        if FOV_KEY not in item:
-            raise KeyError(
-                f"sample {i} has no field-of-view mask {FOV_KEY!r} (use_fov_mask); it has {sorted(item)}."
-            )
-        x = item[FOV_KEY]
-        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
-        fov.append(x.float())
-    stacked = torch.stack(fov)
-    reference = next(iter(loader.data.values()))
-    if (
-        stacked.shape[0] != reference.shape[0]
-        or stacked.shape[2:] != reference.shape[2:]
-        or stacked.shape[1] != 1
-    ):
-        raise ValueError(
-            f"the field-of-view masks have shape {tuple(stacked.shape)}; the modalities {tuple(reference.shape)}."
-        )
-    # the loader moves every tensor of its data with one grid per sample: the mask follows like a mask (nearest)
-    loader.data[FOV_KEY] = stacked.to(loader.device).contiguous()
-    loader.is_mask[FOV_KEY] = True
-    return loader
+    if use_fov_mask and len(samples):
+        specs = kwargs.get("modality_specs")
+        if specs is None:  # from_samples' default: the default modalities the first sample holds
+            specs = DeviceTripletLoader.default_names(samples[0])
+        kwargs["modality_specs"] = with_field_of_view(specs)
+    return DeviceTripletLoader.from_samples(samples, batch_size, **kwargs)
 
 
 def train_paired_diffusion(
