@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from monai_pairsynth.data.sources import BundleSettingError, _is_unset
 from monai_pairsynth.distributed import is_main_process, world
+from monai_pairsynth.engines.paired_checkpoint import read_paired_checkpoint
 from monai_pairsynth.inferers.pool_source import DiffusionPoolSource
+from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 from monai_pairsynth.quality import (
     FeatureCentroidFilter,
     load_feature_segmenter,
@@ -74,6 +76,11 @@ def _filter_mode(mode: FilterMode | str) -> FilterMode:
         ) from None
 
 
+def _no_specs(specs: Any) -> bool:
+    """``None`` or, from a bundle's command line, ``"None"`` / ``"null"`` / ``""``."""
+    return specs is None or (isinstance(specs, str) and _is_unset(specs))
+
+
 def train_quality_filter(
     real_data: Sequence[Mapping[str, Any]],
     *,
@@ -92,6 +99,7 @@ def train_quality_filter(
     device: str | torch.device | None = None,
     seed: int = 0,
     verbose: bool = False,
+    specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
 ) -> Any:
     """A :class:`~monai_pairsynth.quality.FeatureCentroidFilter` fitted on the real training samples.
 
@@ -108,6 +116,12 @@ def train_quality_filter(
         device: where the segmenter trains and scores.
         seed: seeds the segmenter and the filter's dropout masks.
         verbose: print the segmenter's loss per epoch.
+        specs: the modality specs that map physical units to the network's [-1, 1] input, for the segmenter's
+            training and for the filter (``{name: ModalitySpec}`` or spec dicts, as a checkpoint records them).
+            Give the generator's specs (its checkpoint's ``modality_specs``): the filter then maps real and
+            generated PET as the generator does (e.g. up to 60 SUV with the log map). Default ``None``:
+            ``DEFAULT_MODALITY_SPECS`` (linear, PET clipped at 15 SUV). A segmenter from ``segmenter_path`` should
+            have been trained with the same specs.
 
     Returns:
         the fitted filter (``units="physical"``); ``filter.feature_network`` is the segmenter.
@@ -118,6 +132,7 @@ def train_quality_filter(
             f"the quality filter needs at least 2 real training samples, got {len(real_data)}."
         )
     device = torch.device(device) if device is not None else None
+    spec_map = None if _no_specs(specs) else resolve_specs(specs)
     if not _is_unset(segmenter_path):
         if not Path(str(segmenter_path)).is_file():
             raise BundleSettingError(f"segmenter_path {str(segmenter_path)!r} does not exist.")
@@ -136,6 +151,7 @@ def train_quality_filter(
             device=device,
             seed=int(seed),
             units="physical",
+            specs=spec_map,
             verbose=verbose,
         )
     quality_filter = FeatureCentroidFilter(
@@ -147,6 +163,7 @@ def train_quality_filter(
         distance_quantile=float(distance_quantile),
         certainty_quantile=float(certainty_quantile),
         units="physical",
+        specs=spec_map,
         seed=int(seed),
     )
     return quality_filter.fit(real_data)
@@ -363,13 +380,18 @@ def mixing_pool(
     device: str | torch.device | None = None,
     seed: int = 0,
     progress: bool = True,
+    specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
 ) -> Any | None:
     """The synthesis pool a segmentation run mixes from: ``None`` for ``synthetic_ratio == 0`` (real only).
 
     With ``pool_file`` the pool written by ``generate.json`` is loaded (on every rank). Otherwise one is built
     from ``diffusion_checkpoint``: a quality filter is trained on ``real_data``
     (:func:`train_quality_filter`) and ``pool_size`` triplets are generated (:func:`build_synthesis_pool`;
-    default ``round(synthetic_ratio * len(real_data))``, the method's ``r·N``).
+    default ``round(synthetic_ratio * len(real_data))``, the method's ``r·N``). The filter maps physical units
+    with ``specs``, by default the specs the checkpoint records (the map its triplets are decoded with; the
+    default linear map for a checkpoint trained with it). ``real_data`` is in physical units: read it with a PET
+    map that reaches as high as the generator's (``pet_intensity`` as in ``train_diffusion.json``), or the
+    filter's real reference is clipped where the generated PET is not.
 
     Raises:
         BundleSettingError: a bad ratio, pool file or checkpoint, or no real data to fit the filter on.
@@ -389,6 +411,9 @@ def mixing_pool(
     mode = _filter_mode(filter_mode)
     quality_filter = None
     if mode != FilterMode.NONE:
+        if _no_specs(specs):  # the generator's map: its triplets are decoded with it
+            recorded = read_paired_checkpoint(str(diffusion_checkpoint)).get("modality_specs") or {}
+            specs = {k: recorded.get(k) for k in [*image_keys, label_key]}  # not recorded: the default
         quality_filter = train_quality_filter(
             real_data,
             image_keys=image_keys,
@@ -397,6 +422,7 @@ def mixing_pool(
             mc_passes=mc_passes,
             device=device,
             seed=seed,
+            specs=specs,
         )
     return build_synthesis_pool(
         str(diffusion_checkpoint),

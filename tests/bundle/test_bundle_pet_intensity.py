@@ -72,6 +72,8 @@ def test_train_with_log_pet_and_fov_mask_then_generate_reads_the_checkpoint(tmp_
     )
     assert workflow.parser.get_parsed_content("modality_specs")["pet"] == PET_LOG_SPEC
     assert workflow.parser.get_parsed_content("real_train#specs")["pet"] == PET_LOG_SPEC
+    # the quality filter maps real and generated PET with the checkpoint's (log) map too
+    assert workflow.parser.get_parsed_content("quality_filter#specs")["pet"] == PET_LOG_SPEC
     # a linear checkpoint with pet_intensity "log": still the checkpoint's (linear) map
     from monai_pairsynth.modalities import modality_specs_for
 
