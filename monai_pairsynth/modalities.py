@@ -241,9 +241,22 @@ def _recorded_specs(checkpoint: str | os.PathLike | Mapping[str, Any]) -> Mappin
     return recorded
 
 
+def _pet_choice(pet_intensity: str | None) -> str | None:
+    """``"linear"`` / ``"log"``, or ``None`` for an unset setting (``None``, ``""``, ``"None"``, ``"null"``)."""
+    if pet_intensity is None or str(pet_intensity).strip().lower() in ("", "none", "null"):
+        return None
+    choice = str(pet_intensity).strip().lower()
+    if choice not in PET_INTENSITY_SPECS:
+        raise ValueError(
+            f"pet_intensity must be one of {sorted(PET_INTENSITY_SPECS)}, got {pet_intensity!r} (or None: the "
+            "checkpoint's map, else linear)."
+        )
+    return choice
+
+
 def modality_specs_for(
     modalities: Sequence[str] | Mapping[str, ModalitySpec | Mapping[str, Any]] = ("ct", "pet", "label"),
-    pet_intensity: str = "linear",
+    pet_intensity: str | None = None,
     checkpoint: str | os.PathLike | Mapping[str, Any] | None = None,
     pet_key: str = "pet",
 ) -> dict[str, ModalitySpec]:
@@ -253,44 +266,45 @@ def modality_specs_for(
     Args:
         modalities: names (or name -> spec) of the run's modalities.
         pet_intensity: ``"linear"`` (the default 0-15 SUV map) or ``"log"`` (:data:`PET_LOG_SPEC`, 0-60 SUV), see
-            :data:`PET_INTENSITY_SPECS`; applied to ``pet_key`` when it is one of ``modalities``.
+            :data:`PET_INTENSITY_SPECS`; applied to ``pet_key`` when it is one of ``modalities``. ``None`` (the
+            default; also ``""``, ``"None"``, ``"null"`` from a command line): not set, so the checkpoint's map,
+            else the spec ``modalities`` gives (the linear default for a bare ``"pet"``).
         checkpoint: a training/sampling checkpoint (path or dict) whose ``modality_specs`` are used for the
-            modalities it records (older checkpoints without a ``mapping`` read as linear). A conflicting
-            ``pet_intensity`` is logged and ignored. ``None``, ``""`` or ``"None"``: use the setting.
+            modalities it records (older checkpoints without a ``mapping`` read as linear; a name it records needs
+            no default spec). A ``pet_intensity`` that was set and disagrees with the checkpoint is logged and
+            ignored. ``None``, ``""`` or ``"None"``: use the setting.
         pet_key: the PET modality's name.
 
     Example:
         >>> specs = modality_specs_for(["ct", "pet", "label"], "log")
         >>> specs["pet"].mapping.value, specs["pet"].high
         ('log', 60.0)
-        >>> modality_specs_for(["ct", "pet"], "linear", checkpoint={"modality_specs": {"pet": PET_LOG_SPEC.to_dict()}})[
+        >>> modality_specs_for(["ct", "pet"], checkpoint={"modality_specs": {"pet": PET_LOG_SPEC.to_dict()}})[
         ...     "pet"
         ... ] == PET_LOG_SPEC
         True
     """
-    choice = str(pet_intensity).strip().lower()
-    if choice not in PET_INTENSITY_SPECS:
+    choice = _pet_choice(pet_intensity)
+    if isinstance(modalities, str):
+        resolve_specs(modalities)  # its error: a string is not a list of names
+    given = dict(modalities) if isinstance(modalities, Mapping) else dict.fromkeys(modalities)
+    if choice not in (None, "linear") and pet_key not in given:
         raise ValueError(
-            f"pet_intensity must be one of {sorted(PET_INTENSITY_SPECS)}, got {pet_intensity!r}."
+            f"pet_intensity {choice!r} needs a {pet_key!r} modality; modalities {sorted(map(str, given))}."
         )
-    specs = resolve_specs(modalities)
-    if choice != "linear" and pet_key not in specs:
-        raise ValueError(
-            f"pet_intensity {choice!r} needs a {pet_key!r} modality; modalities {sorted(specs)}."
-        )
-    if pet_key in specs:
-        specs[pet_key] = PET_INTENSITY_SPECS[choice]
-    if checkpoint is None or str(checkpoint).strip() in ("", "None", "null"):
+    no_checkpoint = checkpoint is None or str(checkpoint).strip() in ("", "None", "null")
+    recorded = {} if no_checkpoint else _recorded_specs(checkpoint)
+    # a name the checkpoint records takes the recorded spec (it needs no default); the others the given one
+    specs = resolve_specs({name: recorded.get(name, spec) for name, spec in given.items()})
+    if choice is None or pet_key not in specs:
         return specs
-    recorded = _recorded_specs(checkpoint)
-    out = dict(specs)
-    for name in specs:
-        if name in recorded:
-            out[name] = resolve_specs({name: recorded[name]})[name]
-    if pet_key in out and out[pet_key] != specs[pet_key]:
+    setting = PET_INTENSITY_SPECS[choice]
+    if pet_key not in recorded:
+        specs[pet_key] = setting
+    elif specs[pet_key] != setting:
         logger.warning(
             "pet_intensity %r ignored: the checkpoint records the PET map %s; using the checkpoint's.",
             choice,
-            out[pet_key].to_dict(),
+            specs[pet_key].to_dict(),
         )
-    return out
+    return specs

@@ -3,6 +3,8 @@ reaches the specs of training, segmentation and evaluation; generation takes the
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from bundle_helpers import BUNDLE, grid_overrides, make_workflow, run_workflow
@@ -47,7 +49,7 @@ def test_bad_pet_intensity_is_named():
     assert "pet_intensity must be one of ['linear', 'log'], got 'sqrt'" in str(err.value.__cause__)
 
 
-def test_train_with_log_pet_and_fov_mask_then_generate_reads_the_checkpoint(tmp_path):
+def test_train_with_log_pet_and_fov_mask_then_generate_reads_the_checkpoint(tmp_path, caplog):
     out = tmp_path / "diffusion"
     run_workflow(
         "train_diffusion.json",
@@ -70,7 +72,13 @@ def test_train_with_log_pet_and_fov_mask_then_generate_reads_the_checkpoint(tmp_
         "generate.json",
         **grid_overrides(diffusion_checkpoint=str(out / "slim.pt"), output_dir=str(tmp_path / "gen")),
     )
-    assert workflow.parser.get_parsed_content("modality_specs")["pet"] == PET_LOG_SPEC
+    with caplog.at_level(logging.WARNING, logger="monai_pairsynth.modalities"):
+        assert workflow.parser.get_parsed_content("modality_specs")["pet"] == PET_LOG_SPEC
+    assert "ignored" not in caplog.text  # pet_intensity was not set: nothing to warn about
+    explicit = _parser("generate.json", diffusion_checkpoint=str(out / "slim.pt"), pet_intensity="linear")
+    with caplog.at_level(logging.WARNING, logger="monai_pairsynth.modalities"):
+        assert explicit.get_parsed_content("modality_specs")["pet"] == PET_LOG_SPEC
+    assert "pet_intensity 'linear' ignored" in caplog.text  # set, and it disagrees: logged
     assert workflow.parser.get_parsed_content("real_train#specs")["pet"] == PET_LOG_SPEC
     # the quality filter maps real and generated PET with the checkpoint's (log) map too
     assert workflow.parser.get_parsed_content("quality_filter#specs")["pet"] == PET_LOG_SPEC
@@ -79,3 +87,4 @@ def test_train_with_log_pet_and_fov_mask_then_generate_reads_the_checkpoint(tmp_
 
     linear = {"modality_specs": {m: s.to_dict() for m, s in DEFAULT_MODALITY_SPECS.items()}}
     assert modality_specs_for(["ct", "pet", "label"], "log", linear)["pet"] == DEFAULT_MODALITY_SPECS["pet"]
+
