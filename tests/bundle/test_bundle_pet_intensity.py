@@ -3,6 +3,7 @@ reaches the specs of training, segmentation and evaluation; generation takes the
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -88,3 +89,16 @@ def test_train_with_log_pet_and_fov_mask_then_generate_reads_the_checkpoint(tmp_
     linear = {"modality_specs": {m: s.to_dict() for m, s in DEFAULT_MODALITY_SPECS.items()}}
     assert modality_specs_for(["ct", "pet", "label"], "log", linear)["pet"] == DEFAULT_MODALITY_SPECS["pet"]
 
+
+@pytest.mark.parametrize("setting", ["pet_intensity", "use_fov_mask"])
+def test_readme_settings_table_lists_the_setting_for_every_config_that_has_it(setting):
+    rows = [
+        line
+        for line in (BUNDLE / "docs" / "README.md").read_text().splitlines()
+        if line.startswith("| `") and f"`{setting}`" in line.split("|")[1]
+    ]
+    assert len(rows) == 1, f"the README's settings table has {len(rows)} rows for {setting!r}"
+    configs = rows[0].split("|")[2]
+    for path in sorted((BUNDLE / "configs").glob("*.json")):
+        if setting in json.loads(path.read_text()):
+            assert path.stem in configs, f"{setting!r} row does not name {path.stem}"
