@@ -338,7 +338,13 @@ def settings(quick: bool) -> Any:
 
 # ------------------------------------------------------------------------------------------------ report
 def report_section(
-    root: Path, s: Any, table: dict[str, Any], pools: list[dict], results: list[dict], minutes: str
+    root: Path,
+    s: Any,
+    table: dict[str, Any],
+    pools: list[dict],
+    results: list[dict],
+    minutes: str,
+    preview: str = "",
 ) -> str:
     import platform
 
@@ -397,6 +403,11 @@ above, on the real patients of `../shared/data/sts_pet_ct` (TCIA Soft-tissue-Sar
 
 {downstream.pool_table(pools)}
 
+![real and synthetic triplets]({preview})
+
+*Top row: real training slices of the N = {max(s.n_real)} arm; then the first filtered and unfiltered pool
+triplets of its generator (CT, PET, mask contour).*
+
 ### How to reproduce
 
 ```bash
@@ -407,6 +418,27 @@ python experiments/real_patients.py all        --root {root} --jobs 2 --results-
 
 Wall times: {minutes}. Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__}.
 """
+
+
+def write_preview(root: Path, data: Any, n_real: int, path: Path, per_row: int = 4) -> Path:
+    """A PNG: ``per_row`` real training slices of the ``n_real`` arm, then as many filtered and unfiltered pool
+    triplets (CT and PET with the mask as a contour), so a reader sees what was mixed in."""
+    import torch
+
+    from monai_pairsynth.visualize import save_triplet_grid
+
+    real = data.train(n_real, 0)
+    step = max(len(real) // per_row, 1)
+    pools = torch.load(root / "pools" / f"{data.pool_name(n_real, 0)}.pt", weights_only=True)
+    samples, titles = [], []
+    for i in range(per_row):
+        samples.append(real[i * step])
+        titles.append(f"real {i + 1}")
+    for kind in ("filtered", "unfiltered"):
+        for i in range(per_row):
+            samples.append({k: v[i] for k, v in pools[kind].items()})
+            titles.append(f"{kind} {i + 1}")
+    return save_triplet_grid(samples, path, titles=titles, samples_per_row=per_row)
 
 
 def run_rest(root: Path, stage: str, *, quick: bool, jobs: int, results_md: str | None) -> dict[str, Any]:
@@ -446,8 +478,10 @@ def run_rest(root: Path, stage: str, *, quick: bool, jobs: int, results_md: str 
         minutes = f"pools and segmentation runs {seconds / 60:.1f} min (sum of per-run times)"
         if stage == "all":
             minutes += f", the `all` command {(time.perf_counter() - t0) / 60:.1f} min with {jobs} processes"
-        body = report_section(root, s, table, pools, results, minutes)
         out = Path(results_md) if results_md else root / "results.md"
+        preview = out.parent / ("results_real_preview.png" if results_md else "real_preview.png")
+        write_preview(root, data, max(s.n_real), preview)
+        body = report_section(root, s, table, pools, results, minutes, preview.name)
         text = out.read_text(encoding="utf-8") if out.is_file() else ""
         atomic_write_text(out, downstream.replace_section(text, body))
         summary.update(settings=asdict(s), table=table)

@@ -113,3 +113,5 @@ def test_real_patient_rehearsal_reports_by_patient(tmp_path, sts_data_dir):
     text = page.read_text()
     assert text.startswith("# Results\n\nphantom part") and "## Real patients" in text
     assert "12 test patients" in text and "[95 % CI]" in text
+    assert "](results_real_preview.png)" in text
+    assert (tmp_path / "results_real_preview.png").read_bytes()[:4] == b"\x89PNG"
