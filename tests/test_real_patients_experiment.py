@@ -115,3 +115,12 @@ def test_real_patient_rehearsal_reports_by_patient(tmp_path, sts_data_dir):
     assert "12 test patients" in text and "[95 % CI]" in text
     assert "](results_real_preview.png)" in text
     assert (tmp_path / "results_real_preview.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_baseline_caveat_only_when_real_only_dice_falls_with_n():
+    settings = real_patients.settings(quick=False)
+    rising = {"n8/real": {"mean": 0.5}, "n16/real": {"mean": 0.6}, "n24/real": {"mean": 0.7}}
+    assert real_patients.baseline_caveat(settings, rising) == ""
+    falling = {**rising, "n24/real": {"mean": 0.4}}
+    text = real_patients.baseline_caveat(settings, falling)
+    assert "0.400 at N = 24" in text and "effects at N = 24 stand against the lowest" in text
