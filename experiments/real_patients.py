@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +41,15 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from train_generators import BATCH_SIZE, EMA_MOMENTUM, EMA_WARMUP_ITERS, LEARNING_RATE, RECIPE  # noqa: E402
+from train_generators import (  # noqa: E402
+    BATCH_SIZE,
+    EMA_MOMENTUM,
+    EMA_WARMUP_ITERS,
+    LEARNING_RATE,
+    RECIPE,
+    TrainingJob,
+    run_training_jobs,
+)
 
 SPATIAL_SIZE = (64, 64)
 SPACING = 4.0
@@ -105,7 +112,7 @@ def prepare(root: Path, folder: Path) -> dict[str, Any]:
 
     root.mkdir(parents=True, exist_ok=True)
     split_file = root / "split.json"
-    if split_file.is_file() and (root / "slices.pt").is_file():
+    if all((root / f).is_file() for f in ("split.json", "slices.pt", "datalist_all.json")):
         return json.loads(split_file.read_text(encoding="utf-8"))
     start = time.perf_counter()
     samples, _ = load_samples(str(folder), spatial_size=SPATIAL_SIZE, spacing=SPACING)
@@ -199,20 +206,13 @@ def train_generators(
     precision: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train (or resume) one generator per N in parallel processes and export slim sampling checkpoints."""
-    from monai_pairsynth.engines import export_sampling_checkpoint
     from monai_pairsynth.utils import atomic_write_json
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    pending = list(n_real)
-    running: dict[int, tuple[subprocess.Popen, float, Any]] = {}
-    results: dict[str, Any] = {}
-    failed = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            n = pending.pop(0)
-            run_dir = root / "generators" / generator_name(n)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            cmd = generator_command(
+    job_list = [
+        TrainingJob(
+            generator_name(n),
+            root / "generators" / generator_name(n),
+            generator_command(
                 root,
                 n,
                 device=device,
@@ -220,33 +220,12 @@ def train_generators(
                 threads=threads,
                 epochs=epochs,
                 precision=precision,
-            )
-            log = open(run_dir / "train.log", "a", encoding="utf-8")
-            print(f"[{generator_name(n)}] {' '.join(cmd[1:])}", flush=True)
-            running[n] = (
-                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                time.time(),
-                log,
-            )
-        time.sleep(5.0)
-        for n, (proc, started, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[n]
-            name = generator_name(n)
-            run_dir = root / "generators" / name
-            if proc.returncode != 0:
-                failed.append(name)
-                print(f"[{name}] FAILED (exit {proc.returncode}); see {run_dir / 'train.log'}", flush=True)
-                continue
-            export_sampling_checkpoint(
-                run_dir / "checkpoint.pt", root / "generators" / f"{name}.pt", half=True
-            )
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-            summary.update(n_real=n, seed=0, wall_seconds=round(time.time() - started, 1))
-            results[name] = summary
-            print(f"[{name}] {summary['iterations']} steps, {summary['epochs']} epochs", flush=True)
+            ),
+            {"n_real": n, "seed": 0},
+        )
+        for n in n_real
+    ]
+    results, failed = run_training_jobs(job_list, root / "generators", jobs, poll_seconds=5.0)
     path = root / "generators" / "generators.json"
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     atomic_write_json(path, {**old, **results})

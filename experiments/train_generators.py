@@ -25,7 +25,9 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -105,6 +107,61 @@ def train_command(
     return cmd
 
 
+@dataclass(frozen=True)
+class TrainingJob:
+    """One generator's training command, its run folder and what to add to its summary."""
+
+    name: str
+    run_dir: Path
+    command: list[str]
+    extra: dict
+
+
+def run_training_jobs(
+    jobs: list[TrainingJob], out: Path, parallel: int, *, log_mode: str = "a", poll_seconds: float = 2.0
+) -> tuple[dict[str, dict], list[str]]:
+    """Run the training commands, at most ``parallel`` at once (each logs to ``<run_dir>/train.log``); export
+    every finished run's checkpoint to the slim fp16 ``<out>/<name>.pt`` and return ``({name: summary + extra +
+    wall_seconds}, [names of failed runs])``."""
+    from monai_pairsynth.engines import export_sampling_checkpoint
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    pending = list(jobs)
+    running: dict[str, tuple[TrainingJob, subprocess.Popen, float, Any]] = {}
+    results: dict[str, dict] = {}
+    failed: list[str] = []
+    while pending or running:
+        while pending and len(running) < max(parallel, 1):
+            job = pending.pop(0)
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            log = open(job.run_dir / "train.log", log_mode, encoding="utf-8")
+            print(f"[{job.name}] {' '.join(job.command[1:])}", flush=True)
+            proc = subprocess.Popen(job.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[job.name] = (job, proc, time.time(), log)
+        time.sleep(poll_seconds)
+        for name, (job, proc, started, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            if proc.returncode != 0:
+                failed.append(name)
+                print(
+                    f"[{name}] FAILED (exit {proc.returncode}); see {job.run_dir / 'train.log'}", flush=True
+                )
+                continue
+            export_sampling_checkpoint(job.run_dir / "checkpoint.pt", out / f"{name}.pt", half=True)
+            summary = json.loads((job.run_dir / "summary.json").read_text(encoding="utf-8"))
+            summary.update(job.extra, wall_seconds=round(time.time() - started, 1))
+            results[name] = summary
+            print(
+                f"[{name}] {summary['iterations']} steps, {summary['epochs']} epochs, "
+                f"{summary['seconds_per_iteration'] * 1000:.1f} ms/step, {summary['wall_seconds']:.0f} s",
+                flush=True,
+            )
+    return results, failed
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for the run folders and the exported checkpoints")
@@ -119,25 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--autocast", default=None, choices=("bfloat16",), help="bf16 autocast (no GradScaler)")
     args = p.parse_args(argv)
 
-    from monai_pairsynth.engines import export_sampling_checkpoint
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    arms = [(n, s) for n in args.n_real for s in args.seeds]
-    jobs = args.jobs or len(arms)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    pending = list(arms)
-    running: dict[tuple[int, int], tuple[subprocess.Popen, float, object]] = {}
-    results: dict[str, dict] = {}
-    failed = []
-    while pending or running:
-        while pending and len(running) < jobs:
-            n, s = pending.pop(0)
+    jobs = []
+    for n in args.n_real:
+        for s in args.seeds:
             name = generator_name(n, s)
-            run_dir = out / name
-            run_dir.mkdir(parents=True, exist_ok=True)
             cmd = train_command(
-                run_dir,
+                out / name,
                 n,
                 s,
                 device=args.device,
@@ -147,34 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                 amp=args.amp,
                 autocast=args.autocast,
             )
-            log = open(run_dir / "train.log", "w", encoding="utf-8")
-            print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
-            running[(n, s)] = (
-                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                time.time(),
-                log,
-            )
-        time.sleep(2.0)
-        for (n, s), (proc, started, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()  # type: ignore[attr-defined]
-            del running[(n, s)]
-            name = generator_name(n, s)
-            run_dir = out / name
-            if proc.returncode != 0:
-                failed.append(name)
-                print(f"[{name}] FAILED (exit {proc.returncode}); see {run_dir / 'train.log'}", flush=True)
-                continue
-            export_sampling_checkpoint(run_dir / "checkpoint.pt", out / f"{name}.pt", half=True)
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-            summary.update(n_real=n, seed=s, wall_seconds=round(time.time() - started, 1))
-            results[name] = summary
-            print(
-                f"[{name}] {summary['iterations']} steps, {summary['epochs']} epochs, "
-                f"{summary['seconds_per_iteration'] * 1000:.1f} ms/step, {summary['wall_seconds']:.0f} s",
-                flush=True,
-            )
+            jobs.append(TrainingJob(name, out / name, cmd, {"n_real": n, "seed": s}))
+    results, failed = run_training_jobs(jobs, out, args.jobs or len(jobs), log_mode="w")
     (out / "generators.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 1 if failed else 0
 
