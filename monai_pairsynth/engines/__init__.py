@@ -1,8 +1,10 @@
 """Engines: MONAI/ignite training of the linked diffusion model (prepare-batch, inferer, optimiser, checkpoints).
 
-The training entry points are :func:`create_paired_trainer` (a configured MONAI ``SupervisedTrainer``,
-callable from a bundle config) and :func:`train_paired_diffusion` (everything from data to checkpoint); the
-command line is ``python -m monai_pairsynth.engines.train``. The trainer attaches the handlers of
+The training entry points are :func:`assemble_paired_trainer` (a MONAI ``SupervisedTrainer`` from pre-built
+pieces: optimiser, loss, prepare-batch, inferer, handlers, EMA, checkpoint saver; what the bundle declares as
+``_target_`` components), :func:`create_paired_trainer` (the same from scalar settings, building the default
+pieces) and :func:`train_paired_diffusion` (everything from data to checkpoint); the command line is
+``python -m monai_pairsynth.engines.train``. The trainer attaches the handlers of
 :mod:`monai_pairsynth.handlers`; the two that work on the contiguous parameter buffers of
 :mod:`~monai_pairsynth.engines.flat_parameters` (``ForeachEMAHandler``, ``GatherGradsHandler``) live here.
 """
@@ -25,6 +27,7 @@ from .paired_checkpoint import (
     load_paired_checkpoint,
     load_paired_weights,
     noise_scheduler_config,
+    noise_scheduler_config_of,
     read_paired_checkpoint,
     restore_paired_training,
     save_paired_checkpoint,
@@ -32,12 +35,7 @@ from .paired_checkpoint import (
 from .paired_data_loader import paired_data_loader
 from .paired_noise_inferer import MissingModalityError, PairedNoiseInferer
 from .paired_prepare_batch import PairedDiffusionPrepareBatch, offset_noise
-from .paired_trainer import (
-    STATS_LOGGER_NAME,
-    PairedTrainingParts,
-    create_paired_trainer,
-    skip_redundant_train_calls,
-)
+from .paired_trainer import create_paired_trainer
 from .paired_training import (
     DEFAULT_CPU_MODEL_KWARGS,
     build_training_dataset,
@@ -45,6 +43,12 @@ from .paired_training import (
     train_paired_diffusion,
 )
 from .param_groups import create_paired_optimizer, paired_param_groups
+from .trainer_assembly import (
+    STATS_LOGGER_NAME,
+    PairedTrainingParts,
+    assemble_paired_trainer,
+    skip_redundant_train_calls,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -61,6 +65,7 @@ __all__ = [
     "PairedDiffusionPrepareBatch",
     "PairedNoiseInferer",
     "PairedTrainingParts",
+    "assemble_paired_trainer",
     "build_paired_checkpoint",
     "build_training_dataset",
     "check_model_config",
@@ -73,6 +78,7 @@ __all__ = [
     "load_paired_checkpoint",
     "load_paired_weights",
     "noise_scheduler_config",
+    "noise_scheduler_config_of",
     "offset_noise",
     "paired_data_loader",
     "paired_param_groups",

@@ -36,6 +36,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.networks.schedulers import DDPMScheduler
 from monai.networks.schedulers.ddpm import DDPMPredictionType
+from monai.networks.schedulers.scheduler import NoiseSchedules
 from torch import nn
 
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
@@ -52,6 +53,7 @@ __all__ = [
     "load_paired_checkpoint",
     "load_paired_weights",
     "noise_scheduler_config",
+    "noise_scheduler_config_of",
     "read_paired_checkpoint",
     "restore_paired_training",
     "save_paired_checkpoint",
@@ -86,8 +88,6 @@ def noise_scheduler_config(
         >>> noise_scheduler_config(500, "scaled_linear_beta")["num_train_timesteps"]
         500
     """
-    from monai.networks.schedulers.scheduler import NoiseSchedules
-
     if (
         isinstance(num_train_timesteps, bool)
         or int(num_train_timesteps) != num_train_timesteps
@@ -107,19 +107,61 @@ def noise_scheduler_config(
     }
 
 
-def create_noise_scheduler(config: Mapping[str, Any] | None = None) -> DDPMScheduler:
+def create_noise_scheduler(config: Mapping[str, Any] | None = None, **overrides: Any) -> DDPMScheduler:
     """A MONAI ``DDPMScheduler`` from a :func:`noise_scheduler_config` dict (``None``: the defaults).
+
+    Keyword ``overrides`` replace single keys of ``config`` (a bundle can set ``prediction_type`` alone). The
+    validated config is kept on the scheduler as ``noise_scheduler_config``, which checkpoints record (see
+    :func:`noise_scheduler_config_of`).
 
     Example:
         >>> create_noise_scheduler({"num_train_timesteps": 50}).num_train_timesteps
         50
+        >>> create_noise_scheduler(None, schedule="cosine").noise_scheduler_config["schedule"]
+        'cosine'
     """
-    cfg = noise_scheduler_config(**dict(config or {}))
-    return DDPMScheduler(
+    cfg = noise_scheduler_config(**{**dict(config or {}), **overrides})
+    scheduler = DDPMScheduler(
         num_train_timesteps=cfg["num_train_timesteps"],
         schedule=cfg["schedule"],
         prediction_type=cfg["prediction_type"],
         **cfg["schedule_args"],
+    )
+    scheduler.noise_scheduler_config = cfg
+    return scheduler
+
+
+def noise_scheduler_config_of(scheduler: Any) -> dict[str, Any]:
+    """The :func:`noise_scheduler_config` dict of a noise scheduler (what a checkpoint records).
+
+    A scheduler made by :func:`create_noise_scheduler` carries it; for another MONAI ``DDPMScheduler`` it is
+    recovered from ``num_train_timesteps``, ``prediction_type`` and the betas of a named schedule with its
+    default arguments. A mapping is validated and returned as a config.
+
+    Raises:
+        ValueError: naming the scheduler when its schedule cannot be told (build it with
+            :func:`create_noise_scheduler`).
+
+    Example:
+        >>> noise_scheduler_config_of(DDPMScheduler(20, schedule="cosine"))["schedule"]
+        'cosine'
+    """
+    if isinstance(scheduler, Mapping):
+        return noise_scheduler_config(**dict(scheduler))
+    tagged = getattr(scheduler, "noise_scheduler_config", None)
+    if isinstance(tagged, Mapping):
+        return noise_scheduler_config(**dict(tagged))
+    betas = getattr(scheduler, "betas", None)
+    steps = getattr(scheduler, "num_train_timesteps", None)
+    prediction = getattr(scheduler, "prediction_type", DDPMPredictionType.EPSILON)
+    if isinstance(betas, torch.Tensor) and isinstance(steps, int):
+        for name in NoiseSchedules.components:
+            cfg = noise_scheduler_config(steps, name, prediction)
+            if torch.allclose(create_noise_scheduler(cfg).betas, betas):
+                return cfg
+    raise ValueError(
+        f"cannot tell the schedule of the noise scheduler {type(scheduler).__name__} (for its checkpoints): "
+        "build it with monai_pairsynth.engines.create_noise_scheduler."
     )
 
 
@@ -479,7 +521,8 @@ class PairedCheckpointSaver:
         ema_handler: ignite ``EMAHandler`` (its EMA model and warm-up position are saved).
         loss_function: its ``perceptual_weight`` is saved.
         prepare_batch: its generator state is saved.
-        noise_scheduler: :func:`noise_scheduler_config` dict.
+        noise_scheduler: :func:`noise_scheduler_config` dict, or the noise scheduler itself (see
+            :func:`noise_scheduler_config_of`).
         modality_specs: specs of the modalities.
         spatial_size, spacing: training grid.
         data_generator: the ``DataLoader``'s generator.
@@ -509,8 +552,8 @@ class PairedCheckpointSaver:
         ema_handler: Any | None = None,
         loss_function: Any | None = None,
         prepare_batch: Any | None = None,
-        noise_scheduler: Mapping[str, Any] | None = None,
-        modality_specs: Mapping[str, Any] | None = None,
+        noise_scheduler: Mapping[str, Any] | DDPMScheduler | None = None,
+        modality_specs: Mapping[str, Any] | Sequence[str] | None = None,
         spatial_size: Sequence[int] | None = None,
         spacing: float | Sequence[float] | None = None,
         data_generator: torch.Generator | None = None,
@@ -528,8 +571,10 @@ class PairedCheckpointSaver:
         self.ema_handler = ema_handler
         self.loss_function = loss_function
         self.prepare_batch = prepare_batch
-        self.noise_scheduler = noise_scheduler_config(**dict(noise_scheduler or {}))
-        self.modality_specs = modality_specs
+        self.noise_scheduler = noise_scheduler_config_of(
+            noise_scheduler if noise_scheduler is not None else {}
+        )
+        self.modality_specs = None if modality_specs is None else resolve_specs(modality_specs)
         self.spatial_size = spatial_size
         self.spacing = spacing
         self.data_generator = data_generator

@@ -20,15 +20,11 @@ import importlib.util
 import logging
 import os
 import sys
-import types
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Events
-from ignite.handlers import ProgressBar
 from monai.engines import SupervisedTrainer
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 from monai.networks.schedulers import DDPMScheduler
@@ -39,6 +35,7 @@ from monai_pairsynth.handlers import (
     ClipGradNormHandler,
     LossComponentsHandler,
     PerceptualWarmup,
+    TrainingProgressBar,
     paired_loss_output_transform,
 )
 from monai_pairsynth.handlers import EpochTimeLimit as _EpochTimeLimit
@@ -46,18 +43,18 @@ from monai_pairsynth.handlers import LinearLRWarmup as _LinearLRWarmup
 from monai_pairsynth.losses import PairedDiffusionLoss, PerceptualMode
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 
-from .flat_parameters import FlatParameterAdamW, GatherGradsHandler
 from .foreach_ema_handler import ForeachEMAHandler
-from .paired_checkpoint import (
-    PairedCheckpointSaver,
-    create_noise_scheduler,
-    noise_scheduler_config,
-    read_paired_checkpoint,
-    restore_paired_training,
-)
+from .paired_checkpoint import PairedCheckpointSaver, create_noise_scheduler
 from .paired_noise_inferer import PairedNoiseInferer
 from .paired_prepare_batch import PairedDiffusionPrepareBatch
 from .param_groups import create_paired_optimizer
+from .trainer_assembly import (
+    STATS_LOGGER_NAME,
+    PairedTrainingParts,
+    assemble_paired_trainer,
+    check_run_arguments,
+    skip_redundant_train_calls,
+)
 
 __all__ = [
     "STATS_LOGGER_NAME",
@@ -65,9 +62,6 @@ __all__ = [
     "create_paired_trainer",
     "skip_redundant_train_calls",
 ]
-
-#: logger used by the trainer's StatsHandler.
-STATS_LOGGER_NAME = "monai_pairsynth.train"
 
 logger = logging.getLogger(__name__)
 
@@ -79,63 +73,8 @@ __getattr__ = moved_names(
 )
 
 
-@dataclass
-class PairedTrainingParts:
-    """The pieces :func:`create_paired_trainer` built, available as ``trainer.paired``."""
-
-    model: nn.Module
-    noise_scheduler: DDPMScheduler
-    noise_scheduler_config: dict[str, Any]
-    prepare_batch: PairedDiffusionPrepareBatch
-    inferer: PairedNoiseInferer
-    loss_function: PairedDiffusionLoss
-    optimizer: torch.optim.Optimizer
-    modality_specs: dict[str, ModalitySpec]
-    loss_components: LossComponentsHandler
-    perceptual_warmup: PerceptualWarmup | None = None
-    grad_clipping: ClipGradNormHandler | None = None
-    ema_handler: ForeachEMAHandler | None = None
-    checkpoint_saver: PairedCheckpointSaver | None = None
-    data_generator: torch.Generator | None = None
-
-    @property
-    def ema_model(self) -> nn.Module | None:
-        """The EMA copy of the model (the weights sampling should use), or ``None`` without EMA."""
-        return None if self.ema_handler is None else self.ema_handler.ema_model
-
-
 def _tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
-
-
-def skip_redundant_train_calls(model: nn.Module) -> nn.Module:
-    """Make ``model.train()`` return at once when the model is already in training mode.
-
-    MONAI's ``SupervisedTrainer`` calls ``network.train()`` at every iteration (a Python walk over every
-    submodule: milliseconds for the linked model, a visible share of a small iteration). This instance-level
-    ``train`` remembers the mode it set last and skips the walk when asked for the same mode again;
-    ``eval()``/``train(False)`` and any mode change go through ``nn.Module.train`` as before. Caveat: a
-    submodule switched to eval directly (``model.denoisers["ct"].eval()``) is not noticed; call
-    ``model.train(False)`` then ``model.train()`` to reset. Returns ``model``.
-
-    Example:
-        >>> net = torch.nn.Sequential(torch.nn.Dropout())
-        >>> _ = skip_redundant_train_calls(net).train()
-        >>> net.eval().training, net[0].training, net.train()[0].training
-        (False, False, True)
-    """
-    if "train" not in vars(model):
-        model.train = types.MethodType(_train_unless_already, model)  # type: ignore[method-assign]
-    return model
-
-
-def _train_unless_already(self: nn.Module, mode: bool = True) -> nn.Module:
-    mode = bool(mode)
-    if vars(self).get("_last_train_mode") is mode and self.training is mode:
-        return self
-    type(self).train(self, mode)
-    self._last_train_mode = mode
-    return self
 
 
 def _check_trainer_arguments(
@@ -149,27 +88,16 @@ def _check_trainer_arguments(
     modality_specs: Sequence[str] | Mapping[str, ModalitySpec | Mapping[str, Any]] | None,
     tensorboard: bool | None,
     output_dir: str | os.PathLike | None,
-) -> tuple[torch.device, tuple[str, ...], dict[str, ModalitySpec]]:
-    """:func:`create_paired_trainer`'s argument checks (before anything is built); returns the device, the
-    model's modalities and their resolved specs."""
-    for attr in ("modalities", "denoisers", "get_config"):
-        if not hasattr(model, attr):
-            raise ValueError(
-                f"model must be a PairedDiffusionModel (missing {attr!r}), got {type(model).__name__}."
-            )
-    if isinstance(max_epochs, bool) or int(max_epochs) != max_epochs or max_epochs < 1:
-        raise ValueError(f"max_epochs must be an int >= 1, got {max_epochs!r}.")
+) -> tuple[torch.device, dict[str, ModalitySpec]]:
+    """:func:`create_paired_trainer`'s argument checks (before anything is built); returns the device and the
+    resolved specs of the model's modalities."""
+    device = check_run_arguments(model, max_epochs, device, amp)
     if isinstance(log_every, bool) or int(log_every) != log_every or log_every < 0:
         raise ValueError(f"log_every must be an int >= 0, got {log_every!r}.")
     if isinstance(lr_warmup_iters, bool) or int(lr_warmup_iters) != lr_warmup_iters or lr_warmup_iters < 0:
         raise ValueError(f"lr_warmup_iters must be an int >= 0, got {lr_warmup_iters!r}.")
     if max_minutes is not None and (isinstance(max_minutes, bool) or not float(max_minutes) > 0):
         raise ValueError(f"max_minutes must be a positive number of minutes or None, got {max_minutes!r}.")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    if amp and device.type != "cuda":
-        raise ValueError(
-            f"amp=True needs a CUDA device (MONAI autocasts on 'cuda'); got device {str(device)!r}."
-        )
     modalities = tuple(model.modalities)
     specs = resolve_specs(modality_specs if modality_specs is not None else modalities)
     if set(specs) != set(modalities):
@@ -182,7 +110,7 @@ def _check_trainer_arguments(
         )
     if tensorboard and output_dir is None:
         raise ValueError("tensorboard=True needs output_dir for its log folder.")
-    return device, modalities, specs
+    return device, specs
 
 
 def _logging_handlers(
@@ -217,76 +145,6 @@ def _logging_handlers(
     return out
 
 
-def _resume(
-    trainer: SupervisedTrainer,
-    optimizer: torch.optim.Optimizer,
-    resume_from: str | os.PathLike,
-    sched_cfg: Mapping[str, Any],
-    ema_handler: ForeachEMAHandler | None,
-    prepare_batch: PairedDiffusionPrepareBatch,
-    data_generator: torch.Generator | None,
-) -> None:
-    """Continue ``trainer`` from the checkpoint ``resume_from`` (same noise scheduler required), keeping this
-    run's optimiser kernel choice."""
-    ckpt = read_paired_checkpoint(resume_from)
-    saved_sched = ckpt.get("noise_scheduler") or {}
-    if saved_sched != sched_cfg:
-        raise ValueError(
-            f"resume_from {str(resume_from)!r} was trained with noise scheduler {saved_sched}, "
-            f"this trainer uses {sched_cfg}."
-        )
-    kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
-    restore_paired_training(
-        trainer, ckpt, ema_handler=ema_handler, prepare_batch=prepare_batch, data_generator=data_generator
-    )
-    # load_state_dict restores the saved groups' options, kernel choice included: keep this run's choice
-    for group, kernel in zip(optimizer.param_groups, kernels):
-        group.update(kernel)
-    logger.info("resumed from %s at epoch %d", resume_from, trainer.state.epoch)
-
-
-def _attach_run_handlers(
-    trainer: SupervisedTrainer,
-    model: nn.Module,
-    train_data_loader: Iterable,
-    max_minutes: float | None,
-    lr_warmup_iters: int,
-    ema_handler: ForeachEMAHandler | None,
-    saver: PairedCheckpointSaver | None,
-    show_progress: bool,
-) -> None:
-    """What :func:`create_paired_trainer` attaches after building the ``SupervisedTrainer``, in this order:
-    time limit, lr warm-up, the loader's epoch, the ``train()`` skip, EMA, checkpoints (after EMA), progress."""
-    if max_minutes is not None:
-        _EpochTimeLimit(float(max_minutes) * 60.0).attach(trainer)
-    if lr_warmup_iters:
-        _LinearLRWarmup(int(lr_warmup_iters)).attach(trainer)
-    if hasattr(train_data_loader, "set_epoch") and not isinstance(
-        train_data_loader, torch.utils.data.DataLoader
-    ):
-        # e.g. DeviceTripletLoader: its order and augmentation are functions of (seed, epoch), so resume is exact
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_data_loader.set_epoch(e.state.epoch))
-    skip_redundant_train_calls(model)
-    if ema_handler is not None:
-        ema_handler.attach(trainer, name="ema_momentum")
-    if saver is not None:
-        saver.attach(trainer)  # after EMA: an epoch's checkpoint holds the EMA of its last iteration
-    if show_progress:
-        ProgressBar(persist=False).attach(
-            trainer, output_transform=lambda out: {"loss": paired_loss_output_transform(out).get("loss")}
-        )
-
-
-def _check_per_modality_timesteps(model: nn.Module, independent_timestep_prob: float) -> None:
-    """Warn when per-modality timesteps train a model whose conditional encoders cannot see them."""
-    if independent_timestep_prob > 0 and not getattr(model, "condition_timesteps", True):
-        logger.warning(
-            "independent_timestep_prob=%s with a model built without condition_timesteps=True: its filters and "
-            "CBAMs see each condition's own timestep, its conditional encoders do not.",
-            independent_timestep_prob,
-        )
-
-
 def _noise_parts(
     model: nn.Module,
     noise_scheduler: Mapping[str, Any] | None,
@@ -295,12 +153,10 @@ def _noise_parts(
     autocast_dtype: torch.dtype | str | None,
     compile_network: bool,
     timestep_options: Mapping[str, float] | None = None,
-) -> tuple[dict[str, Any], DDPMScheduler, PairedDiffusionPrepareBatch, PairedNoiseInferer]:
-    """The noise scheduler (config and object), the prepare-batch that noises the batch and the training inferer."""
-    t_options = dict(timestep_options or {})
-    _check_per_modality_timesteps(model, float(t_options.get("independent_timestep_prob", 0.0)))
-    sched_cfg = noise_scheduler_config(**dict(noise_scheduler or {}))
-    scheduler = create_noise_scheduler(sched_cfg)
+) -> tuple[DDPMScheduler, PairedDiffusionPrepareBatch, PairedNoiseInferer]:
+    """The noise scheduler, the prepare-batch that noises the batch and the training inferer."""
+    scheduler = create_noise_scheduler(noise_scheduler)
+    sched_cfg = scheduler.noise_scheduler_config
     prepare_batch = PairedDiffusionPrepareBatch(
         tuple(model.modalities),
         sched_cfg["num_train_timesteps"],
@@ -308,14 +164,14 @@ def _noise_parts(
         generator=generator,
         prediction_type=sched_cfg["prediction_type"],
         scheduler=scheduler,
-        **t_options,
+        **dict(timestep_options or {}),
     )
     # the data is validated where it enters (prepare_batch on CPU batches, DeviceTripletLoader once), so the
     # model's own NaN/Inf check, a host sync on a GPU, is off in training
     inferer = PairedNoiseInferer(
         scheduler, autocast_dtype=autocast_dtype, check_finite=False, compile_network=compile_network
     )
-    return sched_cfg, scheduler, prepare_batch, inferer
+    return scheduler, prepare_batch, inferer
 
 
 def _default_optimizer(
@@ -329,30 +185,26 @@ def _default_optimizer(
 
 
 def _step_handlers(
-    optimizer: torch.optim.Optimizer,
     loss_function: PairedDiffusionLoss,
     perceptual_weight: float,
     perceptual_start_epoch: int,
     grad_clip_norm: float | None,
     grad_clip_per_modality: bool,
-) -> tuple[list[Any], LossComponentsHandler, PerceptualWarmup | None, ClipGradNormHandler | None]:
-    """The handlers of each optimisation step, in attach order (the gradient gather of a flat-buffer optimiser,
-    loss components, the perceptual warm-up, clipping), and the last three of them (``None`` where off)."""
-    loss_components = LossComponentsHandler(loss_function)
-    handlers: list[Any] = [loss_components]
-    if isinstance(
-        optimizer, FlatParameterAdamW
-    ):  # first on BACKWARD_COMPLETED: before clipping reads the buffers
-        handlers.insert(0, GatherGradsHandler(optimizer))
-    warmup = None
+    max_minutes: float | None,
+    lr_warmup_iters: int,
+) -> list[Any]:
+    """The handlers of each step, in attach order (loss components, the perceptual warm-up, clipping), then
+    the run's time limit and learning-rate warm-up; each only where switched on."""
+    handlers: list[Any] = [LossComponentsHandler(loss_function)]
     if perceptual_weight and float(perceptual_weight) > 0:
-        warmup = PerceptualWarmup(perceptual_start_epoch, perceptual_weight, loss_function)
-        handlers.append(warmup)
-    clipping = None
+        handlers.append(PerceptualWarmup(perceptual_start_epoch, perceptual_weight, loss_function))
     if grad_clip_norm is not None:
-        clipping = ClipGradNormHandler(grad_clip_norm, per_group=grad_clip_per_modality)
-        handlers.append(clipping)
-    return handlers, loss_components, warmup, clipping
+        handlers.append(ClipGradNormHandler(grad_clip_norm, per_group=grad_clip_per_modality))
+    if max_minutes is not None:
+        handlers.append(_EpochTimeLimit(float(max_minutes) * 60.0))
+    if lr_warmup_iters:
+        handlers.append(_LinearLRWarmup(int(lr_warmup_iters)))
+    return handlers
 
 
 def _ema_handler(
@@ -489,7 +341,7 @@ def create_paired_trainer(
     Returns:
         the trainer; ``trainer.paired`` is a :class:`PairedTrainingParts` (EMA model, loss, saver, ...).
     """
-    device, _modalities, specs = _check_trainer_arguments(
+    device, specs = _check_trainer_arguments(
         model,
         max_epochs,
         log_every,
@@ -501,16 +353,15 @@ def create_paired_trainer(
         tensorboard,
         output_dir,
     )
-
     model = model.to(device)
     t_options = {"independent_timestep_prob": independent_timestep_prob, "clean_prob": clean_prob}
-    sched_cfg, scheduler, prepare_batch, inferer = _noise_parts(
+    scheduler, prepare_batch, inferer = _noise_parts(
         model, noise_scheduler, offset_noise_scale, generator, autocast_dtype, compile_network, t_options
     )
     if loss_function is None:
         loss_function = PairedDiffusionLoss(
             scheduler,
-            prediction_type=sched_cfg["prediction_type"],
+            prediction_type=scheduler.prediction_type,
             perceptual_mode=perceptual_mode,
             feature_network=feature_network,
             feature_weights_path=feature_weights_path,
@@ -524,15 +375,6 @@ def create_paired_trainer(
         optimizer = _default_optimizer(model, lr, weight_decay)
     if data_generator is None:
         data_generator = getattr(train_data_loader, "generator", None)
-
-    handlers, loss_components, warmup, clipping = _step_handlers(
-        optimizer,
-        loss_function,
-        perceptual_weight,
-        perceptual_start_epoch,
-        grad_clip_norm,
-        grad_clip_per_modality,
-    )
     ema_handler = _ema_handler(model, ema_momentum, ema_warmup_iters, ema_momentum_warmup)
     saver = None
     if output_dir is not None:
@@ -543,7 +385,7 @@ def create_paired_trainer(
             ema_handler=ema_handler,
             loss_function=loss_function,
             prepare_batch=prepare_batch,
-            noise_scheduler=sched_cfg,
+            noise_scheduler=scheduler,
             modality_specs=specs,
             spatial_size=spatial_size,
             spacing=spacing,
@@ -552,44 +394,35 @@ def create_paired_trainer(
             keep_epoch_files=keep_epoch_checkpoints,
         )
     show_progress = sys.stderr.isatty() if progress_bar is None else bool(progress_bar)
+    handlers = _step_handlers(
+        loss_function,
+        perceptual_weight,
+        perceptual_start_epoch,
+        grad_clip_norm,
+        grad_clip_per_modality,
+        max_minutes,
+        lr_warmup_iters,
+    )
     handlers.extend(_logging_handlers(stats_log, log_every, show_progress, tensorboard, output_dir))
+    handlers.append(TrainingProgressBar(enabled=show_progress))
     handlers.extend(extra_handlers or [])
-
-    trainer = SupervisedTrainer(
+    trainer = assemble_paired_trainer(
+        model,
+        train_data_loader,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        prepare_batch=prepare_batch,
+        inferer=inferer,
+        max_epochs=max_epochs,
         device=device,
-        max_epochs=int(max_epochs),
-        train_data_loader=train_data_loader,
-        network=model,
-        optimizer=optimizer,
-        loss_function=loss_function,
-        epoch_length=epoch_length,
-        prepare_batch=prepare_batch,
-        inferer=inferer,
-        train_handlers=handlers,
-        amp=amp,
-        amp_kwargs=dict(amp_kwargs or {}),
-        decollate=False,
-        optim_set_to_none=True,
-    )
-    _attach_run_handlers(
-        trainer, model, train_data_loader, max_minutes, lr_warmup_iters, ema_handler, saver, show_progress
-    )
-    trainer.paired = PairedTrainingParts(  # type: ignore[attr-defined]
-        model=model,
-        noise_scheduler=scheduler,
-        noise_scheduler_config=sched_cfg,
-        prepare_batch=prepare_batch,
-        inferer=inferer,
-        loss_function=loss_function,
-        optimizer=optimizer,
-        modality_specs=dict(specs),
-        loss_components=loss_components,
-        perceptual_warmup=warmup,
-        grad_clipping=clipping,
+        handlers=handlers,
         ema_handler=ema_handler,
         checkpoint_saver=saver,
+        resume_from=resume_from,
         data_generator=data_generator,
+        epoch_length=epoch_length,
+        amp=amp,
+        amp_kwargs=amp_kwargs,
     )
-    if resume_from is not None:
-        _resume(trainer, optimizer, resume_from, sched_cfg, ema_handler, prepare_batch, data_generator)
+    trainer.paired.modality_specs = dict(specs)
     return trainer
