@@ -59,7 +59,7 @@ def test_a_named_handler_is_disabled_by_path(tmp_path):
 
 def test_diffusion_trainer_arguments_overridden_by_path(tmp_path):
     overrides = {
-        "train#trainer#lr": 0.00042,
+        "train#optimizer#lr": 0.00042,
         "network_def#channels": [8, 16],
         "network_def#attention_levels": [False, False],
         "network_def#norm_num_groups": 4,

@@ -1,5 +1,5 @@
 """train_diffusion.json exposes per-modality timesteps (issue 14): off by default (the model and trainer of
-before), on with one override (the network gets condition_timesteps, the trainer the probabilities)."""
+before), on with one override (the network gets condition_timesteps, the prepare-batch the probabilities)."""
 
 from __future__ import annotations
 
@@ -22,5 +22,5 @@ def test_independent_timestep_prob_reaches_the_network_and_the_trainer(prob, fla
     network = parser.get_parsed_content("network_def")
     assert network.condition_timesteps is flag
     assert ("condition_timesteps" in network.get_config()) is flag
-    assert parser.get_parsed_content("train#trainer#independent_timestep_prob") == (prob or 0.0)
-    assert parser.get_parsed_content("train#trainer#clean_prob") == 0.5
+    assert parser.get_parsed_content("train#prepare_batch#independent_timestep_prob") == (prob or 0.0)
+    assert parser.get_parsed_content("train#prepare_batch#clean_prob") == 0.5

@@ -32,7 +32,7 @@ def _parser(name, **overrides):
 def test_pet_intensity_reaches_the_specs_of_every_config(setting, pet):
     overrides = {} if setting is None else {"pet_intensity": setting}
     train = _parser("train_diffusion.json", **overrides)
-    assert train.get_parsed_content("train#trainer#modality_specs")["pet"] == pet
+    assert train.get_parsed_content("train#checkpoint_saver#modality_specs")["pet"] == pet
     assert train.get_parsed_content("train#dataset#modality_specs")["pet"] == pet
     seg = _parser("train_segmentation.json", **overrides)
     assert seg.get_parsed_content("intensity_transforms")[0].specs["pet"] == pet
