@@ -124,7 +124,8 @@ def check_run_arguments(
 
 
 def _mismatch(what: str, first: str, a: Any, second: str, b: Any) -> ValueError:
-    return ValueError(f"{what} differs: {first} has {a!r}, {second} has {b!r}; they must match.")
+    verb = "differ" if what == "the modality names" else "differs"
+    return ValueError(f"{what} {verb}: {first} has {a!r}, {second} has {b!r}; they must match.")
 
 
 def _check_noise_parts(
