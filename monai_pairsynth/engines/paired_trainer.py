@@ -1,17 +1,20 @@
-"""Factory of the linked-diffusion ``SupervisedTrainer``: every part is a MONAI/ignite building block.
+"""Factory of the linked-diffusion ``SupervisedTrainer`` from scalar settings.
 
-``create_paired_trainer`` wires, around an unmodified MONAI ``SupervisedTrainer``:
+``create_paired_trainer`` builds the default pieces and hands them to
+:func:`~monai_pairsynth.engines.assemble_paired_trainer`, which wires them around an unmodified MONAI
+``SupervisedTrainer``:
 
 - :class:`PairedDiffusionPrepareBatch` (shared timestep, offset noise, targets) as ``prepare_batch``;
 - :class:`PairedNoiseInferer` (``DDPMScheduler.add_noise`` + ``network(noisy_dict, timesteps)``) as ``inferer``;
 - :class:`~monai_pairsynth.losses.PairedDiffusionLoss` as ``loss_function``;
-- one AdamW with a parameter group per modality (:func:`paired_param_groups`);
+- one AdamW with a parameter group per modality (:func:`create_paired_optimizer`);
 - handlers of :mod:`monai_pairsynth.handlers` (``LossComponentsHandler``, ``PerceptualWarmup``,
-  ``ClipGradNormHandler``, ``EpochTimeLimit``, ``LinearLRWarmup``), :class:`ForeachEMAHandler` (an EMA on the
-  contiguous parameter buffers), :class:`PairedCheckpointSaver`, MONAI ``StatsHandler`` (and
-  ``TensorBoardStatsHandler`` when tensorboard is importable), ignite ``ProgressBar`` in interactive runs.
+  ``ClipGradNormHandler``, ``EpochTimeLimit``, ``LinearLRWarmup``, ``TrainingProgressBar``), MONAI
+  ``StatsHandler`` (and ``TensorBoardStatsHandler`` when tensorboard is importable),
+  :class:`ForeachEMAHandler` (an EMA on the contiguous parameter buffers) and :class:`PairedCheckpointSaver`.
 
-It only takes plain values and objects, so a MONAI bundle config can call it by its dotted path.
+The bundle's ``train_diffusion.json`` declares the same pieces as ``_target_`` components and calls
+``assemble_paired_trainer`` itself, so that each piece is overridden by its ``#``-path.
 """
 
 from __future__ import annotations
