@@ -136,6 +136,11 @@ def test_bundle_trainer_equals_create_paired_trainer(tmp_path, extra):
     assert saved["per_modality_timesteps"]["independent_timestep_prob"] == extra.get(
         "independent_timestep_prob", 0.0
     )
+    # a checkpoint of create_paired_trainer (the format of before) resumes in the bundle's trainer
+    resumed = _trainer(
+        tmp_path / "resumed", epochs=3, resume_from=str(tmp_path / "factory" / "checkpoint.pt"), **extra
+    )
+    assert resumed.state.epoch == 2
 
 
 def test_pieces_overridden_by_path(tmp_path):
