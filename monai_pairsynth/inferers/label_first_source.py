@@ -29,7 +29,7 @@ from monai.data import MetaTensor
 from monai.transforms import Affine, Rand2DElastic, Rand3DElastic
 from monai.utils import look_up_option
 
-from monai_pairsynth.quality import body_mask
+from monai_pairsynth.quality.plausibility import body_mask, dilate
 from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
 
 from .pool_source import DiffusionPoolSource
@@ -85,7 +85,8 @@ class MaskPlacement:
     centre (MONAI ``Affine``, bilinear, then thresholded at 0.5), deformed (MONAI ``Rand2DElastic`` in 2D,
     ``Rand3DElastic`` in 3D) and moved (whole voxels) so that its bounding-box centre falls on a body voxel
     drawn uniformly. The try is accepted when the result is non-empty, does not touch the image border after
-    the deformation (it was not cut off) and lies entirely inside ``body``. After ``max_tries`` failed tries the
+    the deformation (it was not cut off) and lies entirely inside ``body`` shrunk by ``margin`` voxels (away
+    from the skin). After ``max_tries`` failed tries the
     untransformed mask is returned at its original position (``placed=False``).
 
     Every random number comes from the ``torch.Generator`` passed to :meth:`__call__` (MONAI's transforms get a
@@ -103,6 +104,8 @@ class MaskPlacement:
         elastic_spacing: 2D: control-point spacing in voxels (default a quarter of the smallest image side,
             at least 2); 3D: the Gaussian sigma of ``Rand3DElastic`` in voxels (default the same value / 2).
         max_tries: tries before the fallback.
+        margin: the placed mask keeps this many voxels from the body outline (the body is eroded by it; a body
+            too thin for the margin keeps its outline). Default 1.
 
     Example:
         >>> import torch
@@ -120,6 +123,7 @@ class MaskPlacement:
         elastic_magnitude: Sequence[float] = (0.0, 1.0),
         elastic_spacing: float | None = None,
         max_tries: int = 20,
+        margin: int = 1,
     ) -> None:
         if not (math.isfinite(float(rotate_degrees)) and float(rotate_degrees) >= 0):
             raise ValueError(f"rotate_degrees must be a finite number >= 0, got {rotate_degrees!r}.")
@@ -135,6 +139,9 @@ class MaskPlacement:
             raise ValueError(f"elastic_spacing must be > 0 or None, got {elastic_spacing!r}.")
         if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
             raise ValueError(f"max_tries must be an integer >= 1, got {max_tries!r}.")
+        if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
+            raise ValueError(f"margin must be an integer >= 0 (voxels), got {margin!r}.")
+        self.margin = margin
         self.rotate_degrees = float(rotate_degrees)
         self.scale_range = scale
         self.elastic_magnitude = magnitude
@@ -146,7 +153,7 @@ class MaskPlacement:
         return (
             f"MaskPlacement(rotate_degrees={self.rotate_degrees}, scale_range={self.scale_range}, "
             f"elastic_magnitude={self.elastic_magnitude}, elastic_spacing={self.elastic_spacing}, "
-            f"max_tries={self.max_tries})"
+            f"max_tries={self.max_tries}, margin={self.margin})"
         )
 
     def _elastic(self, spatial: Sequence[int]) -> Any | None:
@@ -227,6 +234,10 @@ class MaskPlacement:
             )
         if not bool(m.any()):
             raise ValueError("MaskPlacement needs a non-empty mask.")
+        if self.margin > 0:
+            eroded = ~dilate(~b[None], self.margin)[0]  # erosion: the complement dilated
+            if bool(eroded.any()):
+                b = eroded
         body_voxels = b[0].nonzero()
         for attempt in range(1, self.max_tries + 1):
             moved = self.transform(m.float(), generator)[0]

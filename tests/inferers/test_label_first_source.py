@@ -17,7 +17,7 @@ from monai_pairsynth.inferers import (
 )
 from monai_pairsynth.mixing import MixedDataset, SynthesisPool, SynthesizePairedd
 from monai_pairsynth.networks import PairedDiffusionModel
-from monai_pairsynth.quality import body_mask
+from monai_pairsynth.quality.plausibility import body_mask, dilate
 
 TINY = {"channels": (4, 8), "attention_levels": (False, False), "norm_num_groups": 4, "num_head_channels": 4}
 MODS = ("ct", "pet", "label")
@@ -78,6 +78,8 @@ def test_placement_lies_inside_the_body_and_moves_the_mask(cases):
             assert ok and 1 <= tries <= placement.max_tries
             assert placed.dtype == torch.bool and placed.shape == (1, *SHAPE)
             assert placed.any() and not (placed & ~body).any()
+            # the default margin: one voxel from the body outline
+            assert not (placed & dilate(~body[None], 1)[0]).any()
             moved += not torch.equal(placed, case["label"].as_tensor() > 0.5)
     assert moved >= 5  # the masks are transformed, not copied
 
@@ -135,6 +137,7 @@ def test_placement_falls_back_to_the_original_mask():
         ({"rotate_degrees": -1}, "rotate_degrees"),
         ({"elastic_magnitude": (-1, 1)}, "elastic_magnitude"),
         ({"max_tries": 0}, "max_tries"),
+        ({"margin": -1}, "margin"),
     ],
 )
 def test_placement_refuses_bad_ranges(kwargs, message):
@@ -263,3 +266,20 @@ def test_seeded_mode_places_the_reference_mask_in_its_body(cases, shared_ckpt):
     assert out["label"].shape == (1, 1, *SHAPE) and out["label"].any()
     assert not ((out["label"][0] > 0.5) & ~_body(reference)).any()
     assert source.drawn == 1 and source.last_conditioning == "clamp"
+
+
+def test_preview_script_runs_on_a_tiny_checkpoint(tmp_path, shared_ckpt):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import label_first_preview
+
+    out = tmp_path / "preview.png"
+    args = ["--checkpoint", str(shared_ckpt), "--output", str(out), "--num-cases", "4", "--num-samples", "3"]
+    result = label_first_preview.main([*args, "--rows", "2", "--num-inference-steps", "1"])
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert (
+        result["drawn"] == 3 == result["placed"] + result["fallbacks"] and result["conditioning"] == "clamp"
+    )
+    assert 0.0 <= result["mask_in_generated_body"] <= 1.0
