@@ -1,8 +1,8 @@
 """Settings checks of the bundle and its one-line errors (the bundle configs' ``initialize`` sections call these).
 
-A bad ``dataset_dir``, ratio, generator checkpoint or pool file stops the bundle with one clear line before
-anything is trained or written (:func:`install_one_line_errors`, :func:`check_dataset_dir`,
-:func:`check_synthetic_ratio`, :func:`check_generator_checkpoint`, :func:`check_pool_file`,
+A bad ``dataset_dir``, ratio, ``synthesis``, generator checkpoint or pool file stops the bundle with one clear line
+before anything is trained or written (:func:`install_one_line_errors`, :func:`check_dataset_dir`,
+:func:`check_synthetic_ratio`, :func:`check_synthesis`, :func:`check_generator_checkpoint`, :func:`check_pool_file`,
 :func:`check_files_exist`, :func:`check_mixing_settings`).
 """
 
@@ -22,6 +22,7 @@ from monai_pairsynth.mixing.pool_checks import (
     _size_text,
     check_generator_checkpoint,
     check_pool_file,
+    check_synthesis,
     check_synthetic_ratio,
 )
 
@@ -32,6 +33,7 @@ __all__ = [
     "check_generator_checkpoint",
     "check_mixing_settings",
     "check_pool_file",
+    "check_synthesis",
     "check_synthetic_ratio",
     "describe",
     "install_one_line_errors",
@@ -139,14 +141,16 @@ def check_mixing_settings(
     spacing: float | None = None,
     keys: Sequence[str] | None = None,
     pool_size: int | None = None,
+    synthesis: str | None = None,
 ) -> float:
     """Check the synthetic-mixing settings of a segmentation run before anything is trained.
 
     ``synthetic_ratio`` must be a number in ``[0, 100]`` (:data:`~monai_pairsynth.data.validation.MAX_SYNTHETIC_RATIO`);
     when it is above 0, ``pool_file`` (if set) must be a pool of the configured grid and keys, else
     ``diffusion_checkpoint`` must be a generator of the configured grid, spacing and modalities, and a set
-    ``pool_size`` must fit in the memory available. Nothing is checked about the generator when the ratio is 0
-    (real only).
+    ``pool_size`` must fit in the memory available, and a set ``synthesis`` must be ``"joint"`` or
+    ``"label_first"`` (:func:`check_synthesis`, checked whatever the ratio). Nothing is checked about the
+    generator when the ratio is 0 (real only).
 
     Returns:
         the ratio as a float.
@@ -159,6 +163,8 @@ def check_mixing_settings(
         0.0
     """
     ratio = check_synthetic_ratio(synthetic_ratio)
+    if synthesis is not None:
+        check_synthesis(synthesis)
     if ratio > 0 and not _is_unset(pool_size) and spatial_size is not None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise BundleSettingError(

@@ -1,8 +1,9 @@
 """Building the bundle's synthesis pool: the quality filter trained on the real training split, a
 :class:`~monai_pairsynth.mixing.synthesis_pool.SynthesisPool` filled through a
-:class:`~monai_pairsynth.inferers.DiffusionPoolSource` and the filter, sharded across ``torch.distributed`` ranks
-(:func:`build_synthesis_pool`), the mixing pool of a segmentation run (:func:`mixing_pool`) and the files
-``generate.json`` writes (:func:`save_generation_outputs`).
+:class:`~monai_pairsynth.inferers.DiffusionPoolSource` (``synthesis="joint"``) or a
+:class:`~monai_pairsynth.inferers.LabelFirstPoolSource` (``synthesis="label_first"``) and the filter, sharded across
+``torch.distributed`` ranks (:func:`build_synthesis_pool`), the mixing pool of a segmentation run
+(:func:`mixing_pool`) and the files ``generate.json`` writes (:func:`save_generation_outputs`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from monai_pairsynth.data.sources import BundleSettingError, _is_unset
 from monai_pairsynth.distributed import is_main_process, world
 from monai_pairsynth.engines.paired_checkpoint import read_paired_checkpoint
+from monai_pairsynth.inferers.label_first_source import LabelFirstPoolSource, MaskPlacement
 from monai_pairsynth.inferers.pool_source import DiffusionPoolSource
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
 from monai_pairsynth.quality import (
@@ -32,18 +34,26 @@ from monai_pairsynth.quality import (
     train_feature_segmenter,
 )
 from monai_pairsynth.schedulers import DEFAULT_SAMPLER, DEFAULT_SAMPLER_STEPS
-from monai_pairsynth.utils import atomic_write_json
+from monai_pairsynth.utils import atomic_save_torch, atomic_write_json
 from monai_pairsynth.visualize import save_triplet_grid
 
-from .pool_checks import check_generator_checkpoint, check_pool_file, check_synthetic_ratio
+from .pool_checks import (
+    Synthesis,
+    check_generator_checkpoint,
+    check_pool_file,
+    check_synthesis,
+    check_synthetic_ratio,
+)
 from .synthesis_pool import SynthesisPool
 
 __all__ = [
     "FilterMode",
+    "Synthesis",
     "build_synthesis_pool",
     "export_pool_nifti",
     "merge_pool_states",
     "mixing_pool",
+    "pool_generation_record",
     "save_generation_outputs",
     "train_quality_filter",
 ]
@@ -259,13 +269,19 @@ def build_synthesis_pool(
     seed: int = 0,
     keep_per_call: int = 64,
     progress: bool = True,
+    synthesis: Synthesis | str = Synthesis.JOINT,
+    real_data: Sequence[Mapping[str, Any]] | None = None,
+    conditioning: str = "auto",
+    placement: MaskPlacement | None = None,
 ) -> Any:
     """Fill a :class:`~monai_pairsynth.mixing.synthesis_pool.SynthesisPool` of ``pool_size`` filtered triplets.
 
-    Triplets come from a :class:`~monai_pairsynth.inferers.DiffusionPoolSource` on the checkpoint and
-    pass ``quality_filter`` in ``filter_mode`` (:class:`FilterMode`). Under ``torch.distributed`` each rank
-    generates its share (``pool_size / world_size``, with a rank-dependent seed), and the shards are gathered so
-    that every rank returns the same full pool (rank order).
+    Triplets come from a :class:`~monai_pairsynth.inferers.DiffusionPoolSource` on the checkpoint
+    (``synthesis="joint"``, the default) or a :class:`~monai_pairsynth.inferers.LabelFirstPoolSource` on the
+    checkpoint and ``real_data`` (``synthesis="label_first"``: CT + PET generated for the real training masks,
+    moved inside their case's body), and pass ``quality_filter`` in ``filter_mode`` (:class:`FilterMode`). Under
+    ``torch.distributed`` each rank generates its share (``pool_size / world_size``, with a rank-dependent seed),
+    and the shards are gathered so that every rank returns the same full pool (rank order).
 
     Args:
         diffusion_checkpoint: the generator.
@@ -280,12 +296,22 @@ def build_synthesis_pool(
         seed: generation seed (rank ``r`` uses ``seed + 7919 r``).
         keep_per_call: pool mode keeps at most this many triplets per source call (of 4x as many candidates).
         progress: show a progress bar over generated triplets (rank 0 only).
+        synthesis: ``"joint"`` or ``"label_first"`` (:class:`Synthesis`).
+        real_data: ``synthesis="label_first"``: the real training cases the masks are drawn from (physical
+            units, ``ct`` and the label on the checkpoint's grid; the cases the filter is fitted on).
+        conditioning: ``synthesis="label_first"``: ``"auto"`` (clean at t = 0 for a checkpoint trained with
+            per-modality timesteps, else clamped), ``"clean"`` or ``"clamp"``.
+        placement: ``synthesis="label_first"``: the mask augmentation (default ``MaskPlacement()``).
 
     Returns:
         the filled pool (physical units); ``pool.stats`` counts generated, accepted and rejected triplets (summed
-        over ranks) and the generation time.
+        over ranks) and the generation time; ``pool.generation`` records how it was made: ``{"synthesis"}``, and
+        for label-first also ``"conditioning"`` (what the sampler used) and ``"placement"`` (masks drawn, placed,
+        fallbacks to the original position and tries, summed over ranks). :func:`save_generation_outputs` writes
+        it into ``pool.pt`` and ``counts.json``.
     """
     mode = _filter_mode(filter_mode)
+    kind = check_synthesis(synthesis)
     if isinstance(pool_size, bool) or int(pool_size) < 1:
         raise BundleSettingError(f"pool_size must be an integer >= 1, got {pool_size!r}.")
     if mode != FilterMode.NONE and quality_filter is None:
@@ -295,13 +321,32 @@ def build_synthesis_pool(
     rank, world_size = world()
     share = _share(int(pool_size), rank, world_size)
     device = torch.device(device) if device is not None else None
-    source = DiffusionPoolSource(
-        str(diffusion_checkpoint),
-        num_inference_steps=int(num_inference_steps),
-        scheduler=str(scheduler),
-        batch_size=int(batch_size),
-        device=device,
-    )
+    if kind == Synthesis.LABEL_FIRST.value:
+        if not real_data:
+            raise BundleSettingError(
+                "synthesis 'label_first' needs the real training cases to draw masks from (real_data)."
+            )
+        try:
+            source = LabelFirstPoolSource(
+                str(diffusion_checkpoint),
+                cases=real_data,
+                placement=placement,
+                conditioning=conditioning,
+                num_inference_steps=int(num_inference_steps),
+                scheduler=str(scheduler),
+                batch_size=int(batch_size),
+                device=device,
+            )
+        except ValueError as err:  # no tumour in the training cases, cases of another grid, a bad mode
+            raise BundleSettingError(f"synthesis 'label_first': {err}") from None
+    else:
+        source = DiffusionPoolSource(
+            str(diffusion_checkpoint),
+            num_inference_steps=int(num_inference_steps),
+            scheduler=str(scheduler),
+            batch_size=int(batch_size),
+            device=device,
+        )
     filter_kwargs: dict[str, Any] | None = None
     request_size = None
     if mode == FilterMode.POOL:
@@ -337,7 +382,9 @@ def build_synthesis_pool(
             pool.fill()
     finally:
         wrapped.close()
+    record = _generation_record(kind, source)
     if world_size == 1:
+        pool.generation = record
         return pool
     logger.info(
         "rank %d/%d generated its share: %d of %d triplets",
@@ -355,8 +402,50 @@ def build_synthesis_pool(
             "stamps": state["stamps"][:0],
         }
     gathered: list[Any] = [None] * world_size
-    dist.all_gather_object(gathered, state)
-    return _pool_from_state(merge_pool_states(gathered))
+    dist.all_gather_object(gathered, (state, record))
+    merged = _pool_from_state(merge_pool_states([s for s, _ in gathered]))
+    merged.generation = _merge_generation_records([r for _, r in gathered])
+    return merged
+
+
+def _generation_record(kind: str, source: Any) -> dict[str, Any]:
+    """What made a pool: the synthesis and, for label-first, the conditioning used and the placement counts."""
+    record: dict[str, Any] = {"synthesis": kind}
+    if isinstance(source, LabelFirstPoolSource):
+        record["conditioning"] = source.last_conditioning
+        record["placement"] = source.placement_counts()
+        counts = record["placement"]
+        logger.info(
+            "label-first pool: %d masks drawn, %d placed inside the body, %d kept their original position "
+            "(fallback after %d tries), conditioning %s",
+            counts["drawn"],
+            counts["placed"],
+            counts["fallbacks"],
+            source.placement.max_tries if isinstance(source.placement, MaskPlacement) else -1,
+            record["conditioning"],
+        )
+    return record
+
+
+def _merge_generation_records(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One record of several ranks' records: the placement counts summed, the conditioning of any rank that
+    sampled (ranks with no share sampled nothing)."""
+    merged: dict[str, Any] = dict(records[0])
+    if "placement" in merged:
+        merged["placement"] = {
+            k: sum(int(r["placement"][k]) for r in records) for k in records[0]["placement"]
+        }
+        used = [r.get("conditioning") for r in records if r.get("conditioning") is not None]
+        merged["conditioning"] = used[0] if used else None
+    return merged
+
+
+def pool_generation_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``"generation"`` record a pool file of :func:`save_generation_outputs` holds (``{"synthesis", ...}``),
+    ``None`` for a pool file written otherwise (e.g. :meth:`SynthesisPool.save`, or before the record existed)."""
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    record = state.get("generation") if isinstance(state, Mapping) else None
+    return dict(record) if isinstance(record, Mapping) else None
 
 
 def mixing_pool(
@@ -381,6 +470,8 @@ def mixing_pool(
     seed: int = 0,
     progress: bool = True,
     specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+    synthesis: Synthesis | str = Synthesis.JOINT,
+    conditioning: str = "auto",
 ) -> Any | None:
     """The synthesis pool a segmentation run mixes from: ``None`` for ``synthetic_ratio == 0`` (real only).
 
@@ -391,7 +482,9 @@ def mixing_pool(
     with ``specs``, by default the specs the checkpoint records (the map its triplets are decoded with; the
     default linear map for a checkpoint trained with it). ``real_data`` is in physical units: read it with a PET
     map that reaches as high as the generator's (``pet_intensity`` as in ``train_diffusion.json``), or the
-    filter's real reference is clipped where the generated PET is not.
+    filter's real reference is clipped where the generated PET is not. ``synthesis`` (:class:`Synthesis`) picks
+    joint sampling or label-first pools (the masks drawn from ``real_data``, CT + PET generated for them with
+    ``conditioning``); a loaded ``pool_file`` keeps how it was made (logged, in ``pool.generation``).
 
     Raises:
         BundleSettingError: a bad ratio, pool file or checkpoint, or no real data to fit the filter on.
@@ -399,9 +492,19 @@ def mixing_pool(
     ratio = check_synthetic_ratio(synthetic_ratio)
     if ratio == 0:
         return None
+    kind = check_synthesis(synthesis)
     if not _is_unset(pool_file):
         check_pool_file(pool_file, spatial_size=spatial_size, keys=keys)
-        return SynthesisPool.load(str(pool_file))
+        pool = SynthesisPool.load(str(pool_file))
+        pool.generation = pool_generation_record(str(pool_file))
+        made = (pool.generation or {}).get("synthesis")
+        logger.info(
+            "pool_file %s: %d triplets made with synthesis %s",
+            pool_file,
+            len(pool),
+            repr(made) if made else "unrecorded",
+        )
+        return pool
     check_generator_checkpoint(
         diffusion_checkpoint, spatial_size=spatial_size, spacing=spacing, modalities=keys
     )
@@ -435,6 +538,9 @@ def mixing_pool(
         device=device,
         seed=seed,
         progress=progress,
+        synthesis=kind,
+        real_data=real_data,
+        conditioning=conditioning,
     )
 
 
@@ -462,11 +568,13 @@ def save_generation_outputs(
 ) -> dict[str, Any]:
     """Write what ``generate.json`` produces (rank 0 only; other ranks return the counts and write nothing).
 
-    Files in ``output_dir``: ``pool.pt`` (:meth:`SynthesisPool.save`), ``quality_filter.pt`` and
+    Files in ``output_dir``: ``pool.pt`` (:meth:`SynthesisPool.save`, plus a ``"generation"`` record of how the
+    pool was made, ``pool.generation`` from :func:`build_synthesis_pool`: read it with
+    :func:`pool_generation_record`), ``quality_filter.pt`` and
     ``feature_segmenter.pt`` (the filter and its network; load with ``FeatureCentroidFilter.load(path,
     load_feature_segmenter(...))``), ``preview.png`` (the first ``preview_cases`` triplets), ``counts.json``
     (accepted/generated/rejected by reason; generation time, summed over ranks under ``torch.distributed``;
-    settings) and, with ``export_nifti``, ``nifti/``
+    ``"generation"``, the same record; settings) and, with ``export_nifti``, ``nifti/``
     (:func:`export_pool_nifti`).
 
     Returns:
@@ -474,6 +582,7 @@ def save_generation_outputs(
     """
     stats = pool.stats
     out = Path(output_dir)
+    generation = getattr(pool, "generation", None)
     counts = {
         "pool_size": len(pool),
         "generated": int(stats["generated"]),
@@ -486,6 +595,7 @@ def save_generation_outputs(
         "ranks": world()[1],
         "spatial_size": list(pool.spatial_shape),
         "spacing": list(pool.spacing),
+        "generation": None if generation is None else dict(generation),
         "settings": dict(settings or {}),
         "files": {
             "pool": str(out / "pool.pt"),
@@ -498,7 +608,10 @@ def save_generation_outputs(
     if not is_main_process():
         return counts
     out.mkdir(parents=True, exist_ok=True)
-    pool.save(out / "pool.pt")
+    if generation is None:
+        pool.save(out / "pool.pt")
+    else:  # the pool file records which synthesis made it (SynthesisPool.load ignores the extra field)
+        atomic_save_torch({**pool.state_dict(), "generation": dict(generation)}, out / "pool.pt")
     if quality_filter is not None:
         quality_filter.save(out / "quality_filter.pt")
         save_feature_segmenter(quality_filter.feature_network, out / "feature_segmenter.pt")

@@ -1,12 +1,16 @@
-"""Settings checks of the synthetic side of a run: the mixing ratio, a generator checkpoint and a pool file
-against the run's grid and modalities (re-exported by :mod:`monai_pairsynth.bundle_checks`)."""
+"""Settings checks of the synthetic side of a run: the mixing ratio, how the pool is synthesised (joint or
+label-first), a generator checkpoint and a pool file against the run's grid and modalities (re-exported by
+:mod:`monai_pairsynth.bundle_checks`)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from monai.utils import look_up_option
 
 from monai_pairsynth.data.sources import BundleSettingError, _is_unset
 from monai_pairsynth.data.validation import check_ratio
@@ -14,7 +18,44 @@ from monai_pairsynth.engines import read_paired_checkpoint
 
 from .synthesis_pool import SynthesisPool
 
-__all__ = ["check_generator_checkpoint", "check_pool_file", "check_synthetic_ratio"]
+__all__ = [
+    "Synthesis",
+    "check_generator_checkpoint",
+    "check_pool_file",
+    "check_synthesis",
+    "check_synthetic_ratio",
+]
+
+
+class Synthesis(str, Enum):
+    """How a pool's triplets are synthesised (the bundle's ``synthesis`` setting).
+
+    - ``joint``: mask, CT and PET sampled together (:class:`~monai_pairsynth.inferers.DiffusionPoolSource`);
+    - ``label_first``: real training masks rotated, scaled, deformed and placed inside the body of their case,
+      CT + PET generated for them (:class:`~monai_pairsynth.inferers.LabelFirstPoolSource`): the label is
+      correct by construction.
+    """
+
+    JOINT = "joint"
+    LABEL_FIRST = "label_first"
+
+
+def check_synthesis(synthesis: Any) -> str:
+    """Validate the ``synthesis`` setting (:class:`Synthesis`); returns its value.
+
+    Raises:
+        BundleSettingError: naming the value and the options.
+
+    Example:
+        >>> check_synthesis("label_first")
+        'label_first'
+    """
+    try:
+        return look_up_option(synthesis, Synthesis).value
+    except (ValueError, TypeError):
+        raise BundleSettingError(
+            f"synthesis must be one of {[m.value for m in Synthesis]}, got {synthesis!r}."
+        ) from None
 
 
 def check_synthetic_ratio(ratio: Any) -> float:
