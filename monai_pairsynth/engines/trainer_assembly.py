@@ -334,6 +334,25 @@ def assemble_paired_trainer(
 
     Returns:
         the trainer; ``trainer.paired`` is a :class:`PairedTrainingParts`.
+
+    Example:
+        >>> from monai_pairsynth.engines import (PairedDiffusionPrepareBatch, PairedNoiseInferer,
+        ...     create_noise_scheduler, create_paired_optimizer)
+        >>> from monai_pairsynth.losses import PairedDiffusionLoss
+        >>> from monai_pairsynth.networks import PairedDiffusionModel
+        >>> model = PairedDiffusionModel(("ct", "pet"), channels=(4, 8), attention_levels=(False, False),
+        ...                              norm_num_groups=4)
+        >>> scheduler = create_noise_scheduler(num_train_timesteps=100, prediction_type="v_prediction")
+        >>> trainer = assemble_paired_trainer(
+        ...     model, [{"ct": torch.zeros(1, 1, 8, 8), "pet": torch.zeros(1, 1, 8, 8)}], max_epochs=1, device="cpu",
+        ...     optimizer=create_paired_optimizer(model, lr=1e-3, flat_buffers=True),
+        ...     loss_function=PairedDiffusionLoss(scheduler),
+        ...     prepare_batch=PairedDiffusionPrepareBatch(("ct", "pet"), 100, prediction_type="v_prediction",
+        ...                                               scheduler=scheduler),
+        ...     inferer=PairedNoiseInferer(scheduler))
+        >>> trainer.run()
+        >>> trainer.state.iteration, trainer.paired.noise_scheduler_config["prediction_type"]
+        (1, 'v_prediction')
     """
     device = check_run_arguments(model, max_epochs, device, amp)
     scheduler = _check_noise_parts(model, prepare_batch, inferer, loss_function)
