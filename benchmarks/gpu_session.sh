@@ -5,7 +5,8 @@
 #      and training throughput of the CPU-default model at 64x64, batch 64: fp32, bf16, bf16 + torch.compile
 #      (benchmarks/training_throughput.py; target >= 20 iterations/s),
 #   3. in parallel for MINUTES minutes each: the bundle's demo checkpoint (train_diffusion.json itself),
-#      the six downstream-experiment generators (experiments/train_generators.py) and, where the real-patient
+#      the six downstream-experiment generators (experiments/train_generators.py), their six per-modality-timestep
+#      twins for the label-first arms (train_generators.py --conditional) and, where the real-patient
 #      folder is present (shared/data/sts_pet_ct), the three real-patient generators
 #      (experiments/real_patients.py generators; SKIP_REAL=1 leaves them out).
 # Results land in $OUT (default runs/gpu): throughput.json, training_throughput.json, diffusion_demo.pt (slim sampling checkpoint),
@@ -68,6 +69,12 @@ gens() {
     python3 experiments/train_generators.py --out "$W/generators" --device "$DEVICE" --no-amp \
         --max-minutes "$(python3 -c "print($MINUTES - 1)")" >> "$W/logs/generators.log" 2>&1
 }
+cond_gens() {  # the per-modality-timestep generators of the label-first arms (issue 14), same budget
+    local bf16=(--no-amp --autocast bfloat16)
+    [ "$DEVICE" = cpu ] && bf16=(--no-amp)
+    python3 experiments/train_generators.py --conditional --out "$W/generators" --device "$DEVICE" \
+        --max-minutes "$MINUTES" "${bf16[@]}" > "$W/logs/generators_cond.log" 2>&1
+}
 real_gens() {  # the real-patient experiment's generators (experiments/real_patients.py), where the data is
     [ -n "${SKIP_REAL:-}" ] && return 0
     local dir=${MONAI_PAIRSYNTH_STS_DIR:-}
@@ -81,16 +88,18 @@ real_gens() {  # the real-patient experiment's generators (experiments/real_pati
 demo & demo_pid=$!
 real_gens & real_pid=$!
 gens & gens_pid=$!
+cond_gens & cond_pid=$!
 ( sleep 60; nvidia-smi > "$W/logs/nvidia-smi-training.txt" 2>&1 ) &
 wait $demo_pid; echo "demo exit $?"
 wait $gens_pid; echo "generators exit $?"
 wait $real_pid; echo "real-patient generators exit $?"
+wait $cond_pid; echo "label-first generators exit $?"
 stamp "done training"
 tail -5 "$W/logs/demo_train.log"; cat "$W/logs/generators.log" | grep -v "^\[gen.*-m monai"
 
 cp "$W/diffusion_demo.pt" "$OUT/" 2>/dev/null
 cp "$W/demo/checkpoint.pt" "$OUT/demo_checkpoint.pt" 2>/dev/null
-(cd "$W/generators" 2>/dev/null && tar cf "$OUT/generators.tar" gen_*.pt generators.json */train.log */summary.json */run_config.json)
+(cd "$W/generators" 2>/dev/null && tar cf "$OUT/generators.tar" gen_*.pt generators*.json */train.log */summary.json */run_config.json)
 (cd "$W/real/generators" 2>/dev/null && tar cf "$OUT/real_generators.tar" gen_real_*.pt generators.json */summary.json */run_config.json)
 (cd "$W" && tar cf "$OUT/logs.tar" logs)
 stamp "all done"

@@ -81,6 +81,7 @@ class Settings:
     )
     ratios: tuple[float, ...] = RATIOS  # the filtered-pool ratios swept (r = 0 is the ``real`` arm)
     ct_only: bool = True  # the CT-only input variant (``ct_real``, ``ct_filtered_r0.5``)
+    label_first_ratios: tuple[float, ...] = (0.5, 1.0)  # label-first mixing arms (issue 14); () to leave out
 
     def pool_size(self, n_real: int) -> int:
         return dict(self.pool_sizes)[n_real]
@@ -112,6 +113,16 @@ def arms(settings: Settings | None = None) -> list[dict[str, Any]]:
         for r in settings.ratios
     ]
     out.append({"arm": "pretrain", "ratio": 0.0, "pool": "filtered", "keys": IMAGE_KEYS, "pretrain": True})
+    out += [
+        {
+            "arm": f"label_first_r{r:g}",
+            "ratio": r,
+            "pool": "label_first",
+            "keys": IMAGE_KEYS,
+            "pretrain": False,
+        }
+        for r in settings.label_first_ratios
+    ]
     if settings.ct_only:
         out += [
             {"arm": "ct_real", "ratio": 0.0, "pool": None, "keys": ("ct",), "pretrain": False},
@@ -245,6 +256,89 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings, data: An
     atomic_save_torch(pools, out_file)
     print(f"[pools {name}] {info}", flush=True)
     return info
+
+
+def label_first_generator(root: Path, n_real: int, seed: int, data: Any) -> Path:
+    """The generator of the label-first pool: the arm's per-modality-timestep generator (``<name>_cond.pt``,
+    sampled with the masks given clean) where it exists, else the arm's joint generator (the masks are then
+    clamped); the pool's info records which one and the conditioning used."""
+    joint = data.generator_file(root, n_real, seed)
+    conditional = joint.with_name(f"{joint.stem}_cond{joint.suffix}")
+    return conditional if conditional.is_file() else joint
+
+
+def build_label_first_pool(
+    root: Path, n_real: int, seed: int, settings: Settings, data: Any = None
+) -> dict[str, Any]:
+    """Label-first candidates (issue 14): 4P masks drawn from the arm's real masks (deformed, scaled, rotated and
+    placed inside the body of their case), CT + PET generated for them; the same filter as the joint pools
+    keeps P. Written to ``<root>/pools/<name>_label_first.pt`` beside the joint pools."""
+    import torch
+
+    from monai_pairsynth.inferers import LabelFirstPoolSource
+    from monai_pairsynth.mixing.pool_builder import train_quality_filter
+    from monai_pairsynth.utils import atomic_save_torch
+
+    _one_thread()
+    data = data or PhantomData(settings.num_test)
+    name = f"{data.pool_name(n_real, seed)}_label_first"
+    out_file = root / "pools" / f"{name}.pt"
+    if out_file.is_file():
+        return torch.load(out_file, weights_only=True)["info"]
+    checkpoint = label_first_generator(root, n_real, seed, data)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"generator {checkpoint} is missing: run the generator stage first")
+    p = settings.pool_size(n_real)
+    start = time.perf_counter()
+    real = data.train(n_real, seed)
+    quality_filter = train_quality_filter(real, epochs=settings.filter_epochs, seed=seed, device="cpu")
+    filter_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    source = LabelFirstPoolSource(
+        str(checkpoint),
+        cases=real,
+        scheduler=settings.sampler,
+        num_inference_steps=settings.sampler_steps,
+        batch_size=32,
+        device="cpu",
+    )
+    generator = torch.Generator().manual_seed(data.sample_seeds(n_real, seed, 1)[0] + 500_000)
+    candidates = source(4 * p, generator)
+    sample_seconds = time.perf_counter() - start
+    selection = quality_filter.select(
+        candidates, mode="pool", ratio=1.0, num_real=p, plausibility=settings.plausibility
+    )
+    keep = selection.indices[:p]
+    if len(keep) < p:
+        raise RuntimeError(
+            f"the quality filter kept {len(keep)} of {4 * p} label-first candidates of {checkpoint.name}, fewer "
+            f"than the pool size {p}; rejections: {dict(selection.reason_counts())}."
+        )
+    info = {
+        "name": name,
+        "generator": checkpoint.name,
+        "n_real": n_real,
+        "seed": seed,
+        "pool_size": p,
+        "candidates": 4 * p,
+        "accepted": int(selection.num_accepted),
+        "rejections": {str(k): int(v) for k, v in selection.reason_counts().items()},
+        "sampler": f"{settings.sampler}-{settings.sampler_steps}",
+        "conditioning": source.last_conditioning,
+        "placement_fallbacks": int(source.fallbacks),
+        "filter_seconds": round(filter_seconds, 1),
+        "sample_seconds": round(sample_seconds, 1),
+    }
+    atomic_save_torch(
+        {"label_first": {k: v[keep].clone() for k, v in candidates.items()}, "info": info}, out_file
+    )
+    print(f"[pools {name}] {info}", flush=True)
+    return info
+
+
+def pool_file(root: Path, name: str, pool: str) -> Path:
+    """Where the pool ``pool`` (``filtered`` / ``unfiltered`` / ``label_first``) of the generator ``name`` lies."""
+    return root / "pools" / (f"{name}_label_first.pt" if pool == "label_first" else f"{name}.pt")
 
 
 def make_pool(tensors: dict[str, Any]) -> Any:
@@ -386,7 +480,7 @@ def run_arm(
     test = data.test()
     pool = None
     if arm["pool"] is not None:
-        tensors = torch.load(root / "pools" / f"{data.pool_name(n_real, seed)}.pt", weights_only=True)
+        tensors = torch.load(pool_file(root, data.pool_name(n_real, seed), arm["pool"]), weights_only=True)
         pool = make_pool(tensors[arm["pool"]])
     network = _network(len(keys))
     train_tf = _transforms(keys, train=True)
@@ -520,7 +614,22 @@ def plot(table: dict[str, Any], settings: Settings, path: Path) -> None:
                 xs.append(r)
                 ys.append(table[key]["mean"])
                 es.append(table[key]["sd"])
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"N_real = {n}")
+        line = ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"N_real = {n}")
+        lf = [
+            (r, table[k]) for r in settings.label_first_ratios if (k := f"n{n}/label_first_r{r:g}") in table
+        ]
+        if lf and f"n{n}/real" in table:  # label-first arms: dashed, from the same real-only point
+            rows = [(0.0, table[f"n{n}/real"]), *lf]
+            ax.errorbar(
+                [r for r, _ in rows],
+                [row["mean"] for _, row in rows],
+                yerr=[row["sd"] for _, row in rows],
+                marker="s",
+                capsize=3,
+                linestyle="--",
+                color=line[0].get_color(),
+                label=f"N_real = {n}, label-first",
+            )
     ax.set_xlabel("synthetic ratio r (filtered pool)")
     ax.set_ylabel(f"test Dice (mean ± sd over {len(settings.seeds)} seeds)")
     ax.set_xticks([0.0, *settings.ratios])
@@ -559,7 +668,16 @@ LABELS = {
     "pretrain": "synthetic pretraining, then real fine-tuning",
     "ct_real": "CT-only input: real only",
     "ct_filtered_r0.5": "CT-only input: real + filtered synthetic, r = 0.5",
+    "label_first_r0.5": "real + label-first synthetic (filtered), r = 0.5",
+    "label_first_r1": "real + label-first synthetic (filtered), r = 1",
 }
+
+
+def arm_label(arm: str) -> str:
+    """The report's words for an arm (label-first arms at any ratio)."""
+    if arm not in LABELS and arm.startswith("label_first_r"):
+        return f"real + label-first synthetic (filtered), r = {arm.removeprefix('label_first_r')}"
+    return LABELS[arm]
 
 
 def dice_tables(settings: Settings, table: dict[str, Any]) -> str:
@@ -584,7 +702,7 @@ def dice_tables(settings: Settings, table: dict[str, Any]) -> str:
                 else ""
             )
             lines.append(
-                f"| {LABELS[arm['arm']]} | {_fmt(row['mean'], row['sd'])} | {diff} | {effect} | "
+                f"| {arm_label(arm['arm'])} | {_fmt(row['mean'], row['sd'])} | {diff} | {effect} | "
                 f"{_p(row.get('p_seed_t'))} | {_p(row.get('p_patient_t'))} | {_p(row.get('p_patient_wilcoxon'))} | "
                 f"{reading} |"
             )
@@ -599,11 +717,11 @@ def outcome(settings: Settings, table: dict[str, Any]) -> str:
         rows = {k.split("/")[1]: v for k, v in table.items() if v["n_real"] == n}
         if "real" not in rows:
             continue
-        gains = [LABELS[a] for a, r in rows.items() if "diff" in r and _verdict(r) == "significant gain"]
-        losses = [LABELS[a] for a, r in rows.items() if "diff" in r and _verdict(r) == "significant loss"]
+        gains = [arm_label(a) for a, r in rows.items() if "diff" in r and _verdict(r) == "significant gain"]
+        losses = [arm_label(a) for a, r in rows.items() if "diff" in r and _verdict(r) == "significant loss"]
         best = max((r for a, r in rows.items() if not a.startswith("ct_")), key=lambda r: r["mean"])
         text = f"- **N_real = {n}**: real only {_fmt(rows['real']['mean'], rows['real']['sd'])}. "
-        text += f"Best two-channel arm: {LABELS[best['arm']]} ({_fmt(best['mean'], best['sd'])}). "
+        text += f"Best two-channel arm: {arm_label(best['arm'])} ({_fmt(best['mean'], best['sd'])}). "
         text += ("Significant gains: " + "; ".join(gains) + ". ") if gains else "No arm gains significantly. "
         text += (
             ("Significant losses: " + "; ".join(losses) + ".") if losses else "No arm loses significantly."
@@ -613,7 +731,7 @@ def outcome(settings: Settings, table: dict[str, Any]) -> str:
             text += f" Filtered vs unfiltered at r = 0.5: {f:.3f} vs {u:.3f}."
         out.append(text)
     seed_level = [
-        f"{LABELS[r['arm']]} (N_real = {r['n_real']})"
+        f"{arm_label(r['arm'])} (N_real = {r['n_real']})"
         for r in table.values()
         if r.get("p_seed_t") is not None and r["p_seed_t"] == r["p_seed_t"] and r["p_seed_t"] < 0.05
     ]
@@ -683,6 +801,27 @@ def kept_section(text: str) -> str:
     return ""
 
 
+def label_first_setup(s: Settings, pools: list[dict]) -> str:
+    """The set-up bullet of the label-first arms (issue 14), with how each pool gave its masks."""
+    infos = [i for i in pools if "conditioning" in i]
+    if not s.label_first_ratios:
+        return ""
+    how = "; ".join(
+        f"{i['name']}: {i['generator']}, masks given {i['conditioning']}, {i['placement_fallbacks']} of "
+        f"{i['candidates']} placements fell back to the original position"
+        for i in sorted(infos, key=lambda i: (i["n_real"], i["seed"]))
+    )
+    return (
+        "- **Label-first pools** (arms `label_first_r*`, r = "
+        + ", ".join(f"{r:g}" for r in s.label_first_ratios)
+        + "). 4P masks drawn from the arm's real masks (rotated, scaled, elastically deformed and placed inside "
+        "the body of their case by `monai_pairsynth.inferers.LabelFirstPoolSource`), CT + PET generated for "
+        "them by the arm's per-modality-timestep generator (`<name>_cond.pt`, masks given clean at t = 0) or, "
+        "where there is none, its joint generator (masks clamped); the same filter keeps P. "
+        + (f"Pools: {how}.\n" if how else "No label-first pool was built in this run.\n")
+    )
+
+
 def write_report(
     root: Path,
     settings: Settings,
@@ -721,7 +860,7 @@ few? Every number below was measured by the commands in [How to reproduce](#how-
   (its segmenter trained on the arm's real cases only), the *unfiltered* pool is the first P candidates.
   P = {", ".join(f"{p} for N_real = {n}" for n, p in s.pool_sizes)}; mixing draws r·N synthetic items per
   epoch from it (with replacement across epochs, so at r ≥ 1 entries repeat, under random augmentation).
-- **Segmentation.** MONAI `UNet` (channels 16–128, 2 residual units, batch norm), `DiceCELoss`, Adam lr
+{label_first_setup(s, pools)}- **Segmentation.** MONAI `UNet` (channels 16–128, 2 residual units, batch norm), `DiceCELoss`, Adam lr
   {s.seg_lr:g}, batch {s.seg_batch}, random flip and affine; **{s.seg_steps} optimiser steps in every arm**
   (so mixed arms see fewer real samples per step and no extra compute), through MONAI's
   `SupervisedTrainer` with the package's `MixedDataset` + `MixedDatasetEpochHandler`. The pretraining arm
@@ -789,13 +928,17 @@ def main(argv: list[str] | None = None) -> int:
     pools: list[dict] = []
     if args.stage in ("pools", "all", "report"):
         jobs = [(build_pools, (root, n, s, settings)) for n in settings.n_real for s in settings.seeds]
+        if settings.label_first_ratios:
+            jobs += [(build_label_first_pool, j[1]) for j in jobs]
         if args.stage == "report":
             import torch
 
             pools = [
-                torch.load(root / "pools" / f"{generator_name(n, s)}.pt", weights_only=True)["info"]
+                torch.load(path, weights_only=True)["info"]
                 for n in settings.n_real
                 for s in settings.seeds
+                for kind in ("filtered", "label_first")
+                if (path := pool_file(root, generator_name(n, s), kind)).is_file()
             ]
         else:
             pools = run_jobs(jobs, args.jobs)

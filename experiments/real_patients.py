@@ -11,12 +11,15 @@ patients of ``../shared/data/sts_pet_ct`` (HECKTOR layout; not part of the packa
   (``experiments/train_generators.py``'s settings) and a wall-time budget. Generators are shared by the
   seeds of one ``N`` (a CPU budget: say so in the report); the seeds vary the segmenter's initialisation,
   its data order and augmentation, and the pool's samples.
+- **Label-first generators** (``conditional``, issue 14): each joint generator fine-tuned with per-modality
+  timesteps (``finetune_conditional``), so the label-first pools give their masks clean at t = 0.
 - **Pools, segmentation, report**: ``downstream.py``'s stages with this data, statistics by patient.
 
 Stages (each resumable: finished outputs are skipped, a generator resumes from its checkpoint)::
 
     python experiments/real_patients.py prepare     --root runs/real   # preprocess the 36 patients once
     python experiments/real_patients.py generators  --root runs/real --max-minutes 60 --jobs 3
+    python experiments/real_patients.py conditional --root runs/real --max-minutes 35 --jobs 3  # label-first arms
     python experiments/real_patients.py all         --root runs/real --jobs 2 --results-md docs/results_real.md
 
 ``--data-dir`` (default: ``$MONAI_PAIRSYNTH_STS_DIR`` or ``../shared/data/sts_pet_ct``) points at the folder.
@@ -234,6 +237,108 @@ def train_generators(
     return results
 
 
+def conditional_name(n_real: int) -> str:
+    """The per-modality-timestep generator of ``n_real`` patients (fine-tuned from the joint one)."""
+    return f"{generator_name(n_real)}_cond"
+
+
+def finetune_conditional(
+    root: Path, n_real: int, max_minutes: float, threads: int = 1, device: str = "cpu"
+) -> dict[str, Any]:
+    """Fine-tune the joint ``n_real``-patient generator into one that also samples conditionally (issue 14).
+
+    The model is rebuilt with ``condition_timesteps=True`` and starts from the joint generator's EMA weights (only
+    the new timestep projections start fresh; anything else missing or unexpected is an error), then trains with
+    the joint recipe plus per-modality timesteps (``independent_timestep_prob`` 0.5, ``clean_prob`` 0.5) on the
+    same patients and preprocessing, for ``max_minutes`` of this call. Resumable: a second call continues from
+    ``<root>/generators/<name>/checkpoint.pt``. Writes the slim sampling checkpoint ``<name>.pt`` and a summary.
+    """
+    import torch
+
+    from monai_pairsynth.engines import (
+        build_training_dataset,
+        create_paired_trainer,
+        export_sampling_checkpoint,
+        read_paired_checkpoint,
+    )
+    from monai_pairsynth.engines.paired_training import device_training_loader
+    from monai_pairsynth.networks import PairedDiffusionModel
+    from monai_pairsynth.utils import atomic_write_json
+
+    torch.set_num_threads(threads)
+    name = conditional_name(n_real)
+    run_dir = root / "generators" / name
+    resume = run_dir / "checkpoint.pt"
+    joint = read_paired_checkpoint(root / "generators" / generator_name(n_real) / "checkpoint.pt")
+    config = {k: v for k, v in joint["model_config"].items() if k != "modalities"}
+    torch.manual_seed(0)
+    model = PairedDiffusionModel(
+        tuple(joint["model_config"]["modalities"]), **config, condition_timesteps=True
+    )
+    if not resume.is_file():
+        missing, unexpected = model.load_state_dict(joint["ema_model"] or joint["model"], strict=False)
+        if unexpected or any(".time_projections." not in k for k in missing):
+            raise ValueError(f"joint generator does not fit: missing {missing}, unexpected {unexpected}")
+    specs = joint["modality_specs"]
+    dataset = build_training_dataset(
+        str(arm_datalist(root, n_real)),
+        modality_specs=specs,
+        spatial_dims=2,
+        spatial_size=SPATIAL_SIZE,
+        spacing=SPACING,
+        seed=0,
+        augment=False,
+    )
+    loader = device_training_loader(
+        dataset, BATCH_SIZE, modality_specs=specs, device=device, seed=1, augment=True, drop_last=False
+    )
+    trainer = create_paired_trainer(
+        model,
+        loader,
+        max_epochs=100_000,
+        device=device,
+        lr=LEARNING_RATE,
+        noise_scheduler=joint["noise_scheduler"],
+        snr_gamma=5.0,
+        foreground_weight={"label": 4.0},
+        perceptual_weight=0.0,
+        offset_noise_scale=float(joint.get("offset_noise_scale", 0.1)),
+        independent_timestep_prob=0.5,
+        clean_prob=0.5,
+        ema_momentum=EMA_MOMENTUM,
+        ema_warmup_iters=EMA_WARMUP_ITERS,
+        generator=torch.Generator(device=device).manual_seed(2),
+        output_dir=run_dir,
+        checkpoint_every=5,
+        modality_specs=specs,
+        spatial_size=SPATIAL_SIZE,
+        spacing=SPACING,
+        stats_log=False,
+        progress_bar=False,
+        tensorboard=False,
+        max_minutes=max_minutes,
+        resume_from=resume if resume.is_file() else None,
+    )
+    start = time.perf_counter()
+    first_iteration = int(trainer.state.iteration)
+    trainer.run()
+    export_sampling_checkpoint(run_dir / "checkpoint.pt", root / "generators" / f"{name}.pt", half=True)
+    old = run_dir / "finetune.json"
+    before = json.loads(old.read_text(encoding="utf-8")) if old.is_file() else {"seconds": 0.0}
+    summary = {
+        "name": name,
+        "n_real": n_real,
+        "init": f"{generator_name(n_real)} EMA weights",
+        "independent_timestep_prob": 0.5,
+        "clean_prob": 0.5,
+        "iterations": int(trainer.state.iteration),
+        "seconds": before["seconds"] + time.perf_counter() - start,
+        "iterations_this_call": int(trainer.state.iteration) - first_iteration,
+    }
+    atomic_write_json(old, summary)
+    return summary
+
+
 # ------------------------------------------------------------------------------------------------ data provider
 @functools.lru_cache(maxsize=2)
 def _slices(path: str) -> tuple[dict[str, Any], ...]:
@@ -332,6 +437,35 @@ def baseline_caveat(s: Any, table: dict[str, Any]) -> str:
     )
 
 
+def label_first_note(root: Path, s: Any, pools: list[dict]) -> str:
+    """The report's bullet on the label-first pools (issue 14): their generators and how the masks were given."""
+    infos = sorted((i for i in pools if "conditioning" in i), key=lambda i: i["n_real"])
+    if not s.label_first_ratios or not infos:
+        return ""
+    tuned = []
+    for info in infos:
+        summary = root / "generators" / Path(info["generator"]).stem / "finetune.json"
+        if summary.is_file():
+            f = json.loads(summary.read_text(encoding="utf-8"))
+            tuned.append(f"{f['name']}: {f['iterations']} steps in {f['seconds'] / 60:.0f} min")
+    per_pool = "; ".join(
+        f"N = {i['n_real']}: {i['generator']}, masks given {i['conditioning']}, "
+        f"{i['placement_fallbacks']} of {i['candidates']} placements fell back to the original position"
+        for i in infos
+    )
+    return (
+        "- **Label-first pools** (arms `label_first_r*`). 4P masks drawn from the arm's own tumour masks "
+        "(rotated, scaled, elastically deformed, placed inside the body of their slice), CT + PET generated for "
+        "them by a per-modality-timestep generator fine-tuned from the arm's joint generator with "
+        "`independent_timestep_prob` 0.5 on the same patients"
+        + (f" ({'; '.join(tuned)})" if tuned else "")
+        + "; the same filter keeps P. Per pool: "
+        + per_pool
+        + ". The fine-tuning adds training steps the joint generators did not get: the label-first arms "
+        "compare a recipe, not the conditioning alone.\n"
+    )
+
+
 def report_section(
     root: Path,
     s: Any,
@@ -380,7 +514,7 @@ above, on the real patients of `../shared/data/sts_pet_ct` (TCIA Soft-tissue-Sar
 - **Pools.** {s.sampler.upper()}-{s.sampler_steps}: 4P candidates per N, P = {s.pool_sizes[0][1]}; the filtered
   pool keeps P with the feature-centroid filter (segmenter fitted on the arm's patients only, plausibility
   rules {"on" if s.plausibility else "off"}), the unfiltered pool is the first P candidates.
-- **Segmentation.** As above (MONAI `UNet`, DiceCE, Adam {s.seg_lr:g}, batch {s.seg_batch}, {s.seg_steps} steps
+{label_first_note(root, s, pools)}- **Segmentation.** As above (MONAI `UNet`, DiceCE, Adam {s.seg_lr:g}, batch {s.seg_batch}, {s.seg_steps} steps
   in every arm; the pretraining arm {s.seg_steps} on the filtered pool then {s.seg_steps} on real). Input CT + PET.
 - **Statistics, by patient.** Dice per test slice, averaged per test patient and over the {len(s.seeds)} seeds
   before any test: paired t-test and Wilcoxon over the {len(split["test"])} test patients, the mean
@@ -409,6 +543,7 @@ triplets of its generator (CT, PET, mask contour).*
 ```bash
 python experiments/real_patients.py prepare    --root {root}
 python experiments/real_patients.py generators --root {root} --max-minutes 65 --jobs 3
+python experiments/real_patients.py conditional --root {root} --max-minutes 35 --jobs 3
 python experiments/real_patients.py all        --root {root} --jobs 2 --results-md docs/results.md
 ```
 
@@ -449,6 +584,18 @@ def run_rest(root: Path, stage: str, *, quick: bool, jobs: int, results_md: str 
     pools: list[dict] = []
     if stage in ("pools", "all", "report"):
         jobs_ = [(downstream.build_pools, (root, n, s.seeds[0], s, data)) for n in s.n_real]  # one pool per N
+        if s.label_first_ratios:
+            jobs_ += [(downstream.build_label_first_pool, j[1]) for j in jobs_]
+        if stage == "report":  # the report reads what exists, it builds nothing
+            jobs_ = [
+                j
+                for j in jobs_
+                if downstream.pool_file(
+                    root,
+                    data.pool_name(j[1][1], j[1][2]),
+                    "label_first" if "label_first" in j[0].__name__ else "",
+                ).is_file()
+            ]
         pools = downstream.run_jobs(jobs_, 1 if stage == "report" else jobs)
     results: list[dict] = []
     if stage in ("segment", "all", "report"):
@@ -494,7 +641,9 @@ def run_rest(root: Path, stage: str, *, quick: bool, jobs: int, results_md: str 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=("prepare", "generators", "pools", "segment", "report", "all"))
+    p.add_argument(
+        "stage", choices=("prepare", "generators", "conditional", "pools", "segment", "report", "all")
+    )
     p.add_argument("--root", default="runs/real")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu")
@@ -506,7 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="a rehearsal: 2 training and 2 test patients, tiny sizes"
     )
-    p.add_argument("--n-real", type=int, nargs="+", default=list(N_REAL), help="generators to train")
+    p.add_argument(
+        "--n-real", type=int, nargs="+", default=list(N_REAL), help="generators to train / fine-tune"
+    )
     p.add_argument("--epochs", type=int, default=100_000, help="cap on each generator's epochs (total)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on with CUDA")
     p.add_argument("--autocast", default=None, choices=("bfloat16",), help="bf16 autocast (no GradScaler)")
@@ -526,6 +677,15 @@ def main(argv: list[str] | None = None) -> int:
             precision=(() if args.amp is None else ("--amp" if args.amp else "--no-amp",))
             + (("--autocast", args.autocast) if args.autocast else ()),
         )
+    elif args.stage == "conditional":
+        import downstream
+
+        jobs_ = [
+            (finetune_conditional, (root, n, args.max_minutes, args.threads, args.device))
+            for n in args.n_real
+        ]
+        for summary in downstream.run_jobs(jobs_, args.jobs):
+            print(json.dumps(summary))
     elif args.stage != "prepare":
         run_rest(root, args.stage, quick=args.quick, jobs=args.jobs, results_md=args.results_md)
     return 0

@@ -61,8 +61,10 @@ def train_command(
     threads: int,
     amp: bool | None = None,
     autocast: str | None = None,
+    independent_timestep_prob: float = 0.0,
 ) -> list[str]:
-    """The ``monai_pairsynth.engines.train`` command of one arm's generator."""
+    """The ``monai_pairsynth.engines.train`` command of one arm's generator (with
+    ``independent_timestep_prob`` > 0: the per-modality-timestep generator of the label-first arms)."""
     steps_per_epoch = max(n_real // BATCH_SIZE, 1)
     epochs = max(steps // steps_per_epoch, 1)
     cmd = [
@@ -98,6 +100,8 @@ def train_command(
         "--device",
         device,
     ]
+    if independent_timestep_prob > 0:
+        cmd += ["--independent-timestep-prob", str(independent_timestep_prob)]
     if max_minutes is not None:
         cmd += ["--max-minutes", str(max_minutes)]
     if amp is not None:
@@ -174,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on with CUDA")
     p.add_argument("--autocast", default=None, choices=("bfloat16",), help="bf16 autocast (no GradScaler)")
+    p.add_argument(
+        "--conditional",
+        action="store_true",
+        help="train the per-modality-timestep generators of the label-first arms instead (<name>_cond.pt, "
+        "independent_timestep_prob 0.5; their summaries go to generators_cond.json)",
+    )
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -181,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for n in args.n_real:
         for s in args.seeds:
-            name = generator_name(n, s)
+            name = generator_name(n, s) + ("_cond" if args.conditional else "")
             cmd = train_command(
                 out / name,
                 n,
@@ -192,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                 threads=args.threads,
                 amp=args.amp,
                 autocast=args.autocast,
+                independent_timestep_prob=0.5 if args.conditional else 0.0,
             )
             jobs.append(TrainingJob(name, out / name, cmd, {"n_real": n, "seed": s}))
     results, failed = run_training_jobs(jobs, out, args.jobs or len(jobs), log_mode="w")
-    (out / "generators.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    summaries = out / ("generators_cond.json" if args.conditional else "generators.json")
+    summaries.write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 1 if failed else 0
 
 

@@ -125,17 +125,68 @@ def test_generator_stage_then_quick_experiment(tmp_path):
         "pretrain",
         "ct_real",
         "ct_filtered_r0.5",
+        "label_first_r0.5",
+        "label_first_r1",
     }
     for row in summary["table"].values():
         assert 0.0 <= row["mean"] <= 1.0
     assert summary["table"]["n16/filtered_r0.5"]["baseline"] == "real"
     assert summary["table"]["n16/ct_filtered_r0.5"]["baseline"] == "ct_real"
-    (pool,) = summary["pools"]
+    pool, label_first = summary["pools"]
     assert pool["candidates"] == 4 * pool["pool_size"]
+    # no per-modality generator in this rehearsal: the label-first pool clamps its masks into the joint one
+    assert label_first["name"] == "gen_n16_s0_label_first" and label_first["generator"] == "gen_n16_s0.pt"
+    assert (
+        label_first["conditioning"] == "clamp" and label_first["candidates"] == 4 * label_first["pool_size"]
+    )
+    assert summary["table"]["n16/label_first_r1"]["baseline"] == "real"
     text = report.read_text()
     assert "### N_real = 16" in text and "real + filtered synthetic, r = 2" in text
+    assert "real + label-first synthetic (filtered), r = 1" in text and "masks given clamp" in text
     assert (tmp_path / "results_dice_vs_ratio.png").stat().st_size > 1000
     # a second run reuses every finished result instead of recomputing it
     first = (root / "segment" / "n16_s0_real.json").stat().st_mtime_ns
     _run([str(EXPERIMENTS / "downstream.py"), "report", "--root", str(root), "--quick"], cwd=repo)
     assert (root / "segment" / "n16_s0_real.json").stat().st_mtime_ns == first
+
+
+def test_label_first_arms_follow_the_settings():
+    import downstream
+
+    lf = [a for a in downstream.arms(downstream.FULL) if a["pool"] == "label_first"]
+    assert [(a["ratio"], a["pretrain"], tuple(a["keys"])) for a in lf] == [
+        (0.5, False, ("ct", "pet")),
+        (1.0, False, ("ct", "pet")),
+    ]
+    none = downstream.Settings(label_first_ratios=())
+    assert not [a for a in downstream.arms(none) if a["pool"] == "label_first"]
+    assert downstream.arm_label("label_first_r2") == "real + label-first synthetic (filtered), r = 2"
+    with pytest.raises(KeyError):
+        downstream.arm_label("no_such_arm")
+
+
+def test_label_first_pool_prefers_the_conditional_generator(tmp_path):
+    import downstream
+
+    data = downstream.PhantomData(4)
+    joint = data.generator_file(tmp_path, 16, 0)
+    assert downstream.label_first_generator(tmp_path, 16, 0, data) == joint  # none yet: the joint one
+    joint.parent.mkdir(parents=True)
+    cond = joint.with_name(joint.stem + "_cond.pt")
+    cond.write_bytes(b"")
+    assert downstream.label_first_generator(tmp_path, 16, 0, data) == cond
+    assert downstream.pool_file(tmp_path, "g", "label_first").name == "g_label_first.pt"
+    assert downstream.pool_file(tmp_path, "g", "filtered").name == "g.pt"
+
+
+def test_conditional_generator_command_trains_per_modality_timesteps(tmp_path):
+    import train_generators
+
+    joint = train_generators.train_command(
+        tmp_path, 16, 0, device="cpu", steps=1, max_minutes=None, threads=1
+    )
+    cond = train_generators.train_command(
+        tmp_path, 16, 0, device="cpu", steps=1, max_minutes=None, threads=1, independent_timestep_prob=0.5
+    )
+    assert "--independent-timestep-prob" not in joint
+    assert cond[: len(joint)] == joint and cond[len(joint) :] == ["--independent-timestep-prob", "0.5"]

@@ -90,6 +90,10 @@ def test_real_patient_rehearsal_reports_by_patient(tmp_path, sts_data_dir):
     # the generator saw exactly the arm's two patients
     datalist = json.loads((root / "datalist_n2.json").read_text())["training"]
     assert [it["case_id"] for it in datalist] == split["train_pool"][:2]
+    # the label-first arms' generator: the joint one fine-tuned with per-modality timesteps (one short call)
+    _run([script, "conditional", *common, "--n-real", "2", "--max-minutes", "0.01", "--jobs", "1"], cwd=repo)
+    tuned = json.loads((root / "generators" / "gen_real_n2_cond" / "finetune.json").read_text())
+    assert tuned["iterations"] >= 1 and (root / "generators" / "gen_real_n2_cond.pt").is_file()
     page = tmp_path / "results.md"
     page.write_text("# Results\n\nphantom part\n")
     _run([script, "all", *common, "--quick", "--jobs", "1", "--results-md", str(page)], cwd=repo)
@@ -100,7 +104,11 @@ def test_real_patient_rehearsal_reports_by_patient(tmp_path, sts_data_dir):
         "n2/filtered_r0.5",
         "n2/filtered_r1",
         "n2/pretrain",
+        "n2/label_first_r0.5",
+        "n2/label_first_r1",
     }
+    (label_first,) = [p for p in summary["pools"] if "conditioning" in p]
+    assert label_first["generator"] == "gen_real_n2_cond.pt" and label_first["conditioning"] == "clean"
     row = summary["table"]["n2/filtered_r0.5"]
     assert row["n_patients"] == 12 and row["n_slices"] == sum(
         split["slices_per_patient"][p] for p in split["test"]
@@ -113,6 +121,7 @@ def test_real_patient_rehearsal_reports_by_patient(tmp_path, sts_data_dir):
     text = page.read_text()
     assert text.startswith("# Results\n\nphantom part") and "## Real patients" in text
     assert "12 test patients" in text and "[95 % CI]" in text
+    assert "Label-first pools" in text and "masks given clean" in text
     assert "](results_real_preview.png)" in text
     assert (tmp_path / "results_real_preview.png").read_bytes()[:4] == b"\x89PNG"
 
