@@ -35,6 +35,7 @@ __all__ = [
     "check_pool_file",
     "check_synthesis",
     "check_synthetic_ratio",
+    "check_training_budget",
     "describe",
     "install_one_line_errors",
 ]
@@ -131,6 +132,31 @@ def check_files_exist(paths: Mapping[str, str | os.PathLike | None], hint: str =
             raise BundleSettingError(f"{name} {str(p)!r} does not exist" + (f"; {hint}." if hint else "."))
         found[name] = str(p)
     return found
+
+
+def check_training_budget(max_minutes: Any = None, epochs: Any = None) -> None:
+    """Check ``train_diffusion.json``'s budget: ``max_minutes`` unset or a positive number of minutes, ``epochs``
+    unset or an integer >= 1 (the trainer's own checks, raised where the bundle starts, naming the setting).
+
+    Raises:
+        BundleSettingError: naming the setting and its value.
+
+    Example:
+        >>> check_training_budget(max_minutes=None, epochs=50)
+        >>> check_training_budget(max_minutes=0)
+        Traceback (most recent call last):
+        ...
+        monai_pairsynth.data.sources.BundleSettingError: max_minutes must be a positive number of minutes or null, got 0.
+    """
+    if not _is_unset(max_minutes):
+        ok = isinstance(max_minutes, (int, float)) and not isinstance(max_minutes, bool)
+        if not ok or not math.isfinite(float(max_minutes)) or float(max_minutes) <= 0:
+            raise BundleSettingError(
+                f"max_minutes must be a positive number of minutes or null, got {max_minutes!r}."
+            )
+    if not _is_unset(epochs):
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise BundleSettingError(f"epochs must be an integer >= 1, got {epochs!r}.")
 
 
 def check_mixing_settings(

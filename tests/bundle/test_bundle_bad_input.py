@@ -48,6 +48,13 @@ CASES = [
     ("generate.json", {"dataset_dir": "{tmp}/missing"}, r"does not exist"),
     ("train_diffusion.json", {"dataset_dir": "{tmp}/empty"}, r"no imagesTr folder"),
     (
+        "train_diffusion.json",
+        {"max_minutes": 0},
+        r"max_minutes must be a positive number of minutes or null, got 0",
+    ),
+    ("train_diffusion.json", {"max_minutes": -2.5}, r"max_minutes must be a positive number .* got -2.5"),
+    ("train_diffusion.json", {"epochs": 0}, r"epochs must be an integer >= 1, got 0"),
+    (
         "evaluate.json",
         {"segmentation_checkpoint": "{tmp}/model.pt"},
         r"segmentation_checkpoint '.*model.pt' does not",
