@@ -696,7 +696,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         "--num-cases 48 --log-every 0 --no-progress --threads 1`), the quality filter "
         "([quality_filter.md](quality_filter.md#acceptance-rates-on-constructed-cases); "
         "`python benchmarks/filter_acceptance.py`), per-network step times ([networks.md](networks.md); "
-        "`python benchmarks/network_step_time.py`), phantom generation ([data.md](data.md)).",
+        "`python benchmarks/network_step_time.py`), phantom generation ([data.md](data.md)), which PET intensity "
+        "map a segmenter learns best from on real patients ([data.md](data.md#which-map-the-segmenter); "
+        "`python benchmarks/pet_map_segmentation.py`, `benchmarks/results/pet_map_segmentation_cpu_2026-12-03.json`: "
+        "no difference beyond training noise; the generator half is not measured).",
         "",
         "## Machine",
         "",

@@ -90,7 +90,7 @@ def test_train_with_log_pet_and_fov_mask_then_generate_reads_the_checkpoint(tmp_
     assert modality_specs_for(["ct", "pet", "label"], "log", linear)["pet"] == DEFAULT_MODALITY_SPECS["pet"]
 
 
-@pytest.mark.parametrize("setting", ["pet_intensity", "use_fov_mask"])
+@pytest.mark.parametrize("setting", ["pet_intensity", "use_fov_mask", "synthesis", "tensorboard"])
 def test_readme_settings_table_lists_the_setting_for_every_config_that_has_it(setting):
     rows = [
         line
