@@ -437,6 +437,30 @@ def baseline_caveat(s: Any, table: dict[str, Any]) -> str:
     )
 
 
+NOISE_FLOOR = REPO / "benchmarks" / "results" / "pet_map_segmentation_cpu_2026-12-03.json"
+
+
+def noise_floor_note(path: Path = NOISE_FLOOR) -> str:
+    """A sentence on the training noise the patient-level tests ignore, read off the control of
+    ``benchmarks/pet_map_segmentation.py`` (the real-only arm rerun on inputs that differ by float rounding)."""
+    if not path.is_file():
+        return ""
+    control = json.loads(path.read_text(encoding="utf-8")).get("control_vs_experiment") or {}
+    rows = control.get("table") or {}
+    if not rows:
+        return ""
+    parts = ", ".join(
+        f"{r['patient_diff']:+.3f} (p = {r['p_patient_t']:.2g}) at N = {k.removeprefix('n')}"
+        for k, r in sorted(rows.items(), key=lambda kv: int(kv[0].removeprefix("n")))
+    )
+    return (
+        " These tests hold the trained segmenters fixed: rerunning the real-only arm on inputs that differ only "
+        f"by float rounding moved Dice over the test patients by {parts} (the control of "
+        "`benchmarks/pet_map_segmentation.py`, [data.md](data.md#which-map-the-segmenter)), so differences of "
+        "about 0.02 are within training noise whatever their p-value."
+    )
+
+
 def label_first_note(root: Path, s: Any, pools: list[dict]) -> str:
     """The report's bullet on the label-first pools (issue 14): their generators and how the masks were given."""
     infos = sorted((i for i in pools if "conditioning" in i), key=lambda i: i["n_real"])
@@ -519,7 +543,7 @@ above, on the real patients of `../shared/data/sts_pet_ct` (TCIA Soft-tissue-Sar
 - **Statistics, by patient.** Dice per test slice, averaged per test patient and over the {len(s.seeds)} seeds
   before any test: paired t-test and Wilcoxon over the {len(split["test"])} test patients, the mean
   difference over patients with its 95 % t confidence interval and Cohen's d_z; a paired t-test over the
-  {len(s.seeds)} seed means. "reading" applies the patient t-test at 5 %.
+  {len(s.seeds)} seed means. "reading" applies the patient t-test at 5 %.{noise_floor_note()}
 
 ### What came out
 

@@ -133,3 +133,17 @@ def test_baseline_caveat_only_when_real_only_dice_falls_with_n():
     falling = {**rising, "n24/real": {"mean": 0.4}}
     text = real_patients.baseline_caveat(settings, falling)
     assert "0.400 at N = 24" in text and "effects at N = 24 stand against the lowest" in text
+
+
+def test_noise_floor_note_reads_the_control(tmp_path):
+    assert real_patients.noise_floor_note(tmp_path / "missing.json") == ""
+    path = tmp_path / "control.json"
+    rows = {
+        "n24": {"patient_diff": 0.015, "p_patient_t": 0.0499},
+        "n8": {"patient_diff": -0.0197, "p_patient_t": 0.0292},
+    }
+    path.write_text(json.dumps({"control_vs_experiment": {"table": rows}}))
+    note = real_patients.noise_floor_note(path)
+    assert "-0.020 (p = 0.029) at N = 8, +0.015 (p = 0.05) at N = 24" in note
+    path.write_text(json.dumps({"control_vs_experiment": None}))
+    assert real_patients.noise_floor_note(path) == ""
