@@ -560,7 +560,7 @@ above, on the real patients of `../shared/data/sts_pet_ct` (TCIA Soft-tissue-Sar
 ![real and synthetic triplets]({preview})
 
 *Top row: real training slices of the N = {max(s.n_real)} arm; then the first filtered and unfiltered pool
-triplets of its generator (CT, PET, mask contour).*
+triplets of its generator and, where built, of its label-first pool (CT, PET, mask contour).*
 
 ### How to reproduce
 
@@ -577,7 +577,9 @@ Wall times: {minutes}. Machine: {platform.platform()}, {os.cpu_count()} CPU core
 
 def write_preview(root: Path, data: Any, n_real: int, path: Path, per_row: int = 4) -> Path:
     """A PNG: ``per_row`` real training slices of the ``n_real`` arm, then as many filtered and unfiltered pool
-    triplets (CT and PET with the mask as a contour), so a reader sees what was mixed in."""
+    triplets (CT and PET with the mask as a contour), and the label-first pool's where it exists, so a reader
+    sees what was mixed in."""
+    import downstream
     import torch
 
     from monai_pairsynth.visualize import save_triplet_grid
@@ -589,7 +591,12 @@ def write_preview(root: Path, data: Any, n_real: int, path: Path, per_row: int =
     for i in range(per_row):
         samples.append(real[i * step])
         titles.append(f"real {i + 1}")
-    for kind in ("filtered", "unfiltered"):
+    label_first = downstream.pool_file(root, data.pool_name(n_real, 0), "label_first")
+    if label_first.is_file():
+        pools["label-first"] = torch.load(label_first, weights_only=True)["label_first"]
+    for kind in ("filtered", "unfiltered", "label-first"):
+        if kind not in pools:
+            continue
         for i in range(per_row):
             samples.append({k: v[i] for k, v in pools[kind].items()})
             titles.append(f"{kind} {i + 1}")
