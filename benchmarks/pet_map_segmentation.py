@@ -107,22 +107,9 @@ def transforms(pet_map: str, train: bool) -> Any:
 def test_dice(network: Any, pet_map: str, test: list[dict[str, Any]]) -> list[float]:
     """Dice of every test slice: ``downstream._test_dice`` with the arm's transform (for ``"linear"`` the two
     give identical numbers, checked in tests/test_pet_map_benchmark.py)."""
-    import torch
-    from monai.metrics import DiceMetric
-    from monai.networks.utils import one_hot
-
-    tf = transforms(pet_map, train=False)
-    data = [tf(dict(s)) for s in test]
-    image = torch.stack([d["image"] for d in data])
-    label = torch.stack([d["label"] for d in data])
-    network.eval()
-    with torch.no_grad():
-        pred = torch.cat(
-            [network(image[i : i + 32]).argmax(1, keepdim=True) for i in range(0, len(image), 32)]
-        )
-    metric = DiceMetric(include_background=False, reduction="none")
-    dice = metric(one_hot(pred, 2), one_hot(label.long(), 2))
-    return [float(v) for v in dice.reshape(-1)]
+    return downstream._test_dice(
+        network, downstream.IMAGE_KEYS, test, transform=transforms(pet_map, train=False)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -187,6 +187,29 @@ def _one_thread() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ pools
+def _keep_filtered(
+    quality_filter: Any, candidates: dict[str, Any], p: int, settings: Settings, what: str
+) -> tuple[Any, dict[str, Any]]:
+    """The indices of the ``p`` candidates the filter keeps in pool mode, and the pool info's selection fields;
+    an error naming ``what`` when it keeps fewer than ``p``."""
+    selection = quality_filter.select(
+        candidates, mode="pool", ratio=1.0, num_real=p, plausibility=settings.plausibility
+    )
+    keep = selection.indices[:p]
+    if len(keep) < p:
+        raise RuntimeError(
+            f"the quality filter kept {len(keep)} of {4 * p} candidates of {what}, fewer than the pool size {p}; "
+            f"rejections: {dict(selection.reason_counts())}. Train the generator longer."
+        )
+    return keep, {
+        "pool_size": p,
+        "candidates": 4 * p,
+        "accepted": int(selection.num_accepted),
+        "rejections": {str(k): int(v) for k, v in selection.reason_counts().items()},
+        "sampler": f"{settings.sampler}-{settings.sampler_steps}",
+    }
+
+
 def build_pools(root: Path, n_real: int, seed: int, settings: Settings, data: Any = None) -> dict[str, Any]:
     """Sample 4P candidates from the arm's generator, fit the filter on the arm's real cases, keep P."""
     import torch
@@ -226,25 +249,13 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings, data: An
     )
     candidates = {k: v.as_tensor() for k, v in candidates.items()}
     sample_seconds = time.perf_counter() - start
-    selection = quality_filter.select(
-        candidates, mode="pool", ratio=1.0, num_real=p, plausibility=settings.plausibility
-    )
-    keep = selection.indices[:p]
-    if len(keep) < p:
-        raise RuntimeError(
-            f"the quality filter kept {len(keep)} of {4 * p} candidates of generator {checkpoint.name}, fewer than "
-            f"the pool size {p}; rejections: {dict(selection.reason_counts())}. Train the generator longer."
-        )
+    keep, selected = _keep_filtered(quality_filter, candidates, p, settings, f"generator {checkpoint.name}")
     info = {
         "name": name,
         "generator": checkpoint.name,
         "n_real": n_real,
         "seed": seed,
-        "pool_size": p,
-        "candidates": 4 * p,
-        "accepted": int(selection.num_accepted),
-        "rejections": {str(k): int(v) for k, v in selection.reason_counts().items()},
-        "sampler": f"{settings.sampler}-{settings.sampler_steps}",
+        **selected,
         "filter_seconds": round(filter_seconds, 1),
         "sample_seconds": round(sample_seconds, 1),
     }
@@ -305,25 +316,15 @@ def build_label_first_pool(
     generator = torch.Generator().manual_seed(data.sample_seeds(n_real, seed, 1)[0] + 500_000)
     candidates = source(4 * p, generator)
     sample_seconds = time.perf_counter() - start
-    selection = quality_filter.select(
-        candidates, mode="pool", ratio=1.0, num_real=p, plausibility=settings.plausibility
+    keep, selected = _keep_filtered(
+        quality_filter, candidates, p, settings, f"label-first generator {checkpoint.name}"
     )
-    keep = selection.indices[:p]
-    if len(keep) < p:
-        raise RuntimeError(
-            f"the quality filter kept {len(keep)} of {4 * p} label-first candidates of {checkpoint.name}, fewer "
-            f"than the pool size {p}; rejections: {dict(selection.reason_counts())}."
-        )
     info = {
         "name": name,
         "generator": checkpoint.name,
         "n_real": n_real,
         "seed": seed,
-        "pool_size": p,
-        "candidates": 4 * p,
-        "accepted": int(selection.num_accepted),
-        "rejections": {str(k): int(v) for k, v in selection.reason_counts().items()},
-        "sampler": f"{settings.sampler}-{settings.sampler_steps}",
+        **selected,
         "conditioning": source.last_conditioning,
         "placement_fallbacks": int(source.fallbacks),
         "filter_seconds": round(filter_seconds, 1),
@@ -440,12 +441,17 @@ def _train(network: Any, dataset: Any, steps: int, settings: Settings, seed: int
     trainer.run()
 
 
-def _test_dice(network: Any, keys: tuple[str, ...], test: list[dict[str, Any]]) -> list[float]:
+def _test_dice(
+    network: Any, keys: tuple[str, ...], test: list[dict[str, Any]], transform: Any = None
+) -> list[float]:
+    """Dice of every test slice (tumour class), the inputs mapped by ``transform`` (default: the arm's test
+    transform of ``keys``)."""
     import torch
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
-    data = [_transforms(keys, train=False)(dict(s)) for s in test]
+    transform = transform or _transforms(keys, train=False)
+    data = [transform(dict(s)) for s in test]
     image = torch.stack([d["image"] for d in data])
     label = torch.stack([d["label"] for d in data])
     network.eval()
