@@ -656,7 +656,8 @@ def run_rest(root: Path, stage: str, *, quick: bool, jobs: int, results_md: str 
         if timing.is_file():
             recorded = json.loads(timing.read_text(encoding="utf-8"))
             minutes += (
-                f", the `all` command {recorded['seconds'] / 60:.1f} min with {recorded['jobs']} processes"
+                f", the last `all` call (it runs only what is not cached) {recorded['seconds'] / 60:.1f} min with "
+                f"{recorded['jobs']} processes"
             )
         out = Path(results_md) if results_md else root / "results.md"
         preview = out.parent / ("results_real_preview.png" if results_md else "real_preview.png")
