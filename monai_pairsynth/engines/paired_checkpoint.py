@@ -40,6 +40,7 @@ from monai.networks.schedulers.scheduler import NoiseSchedules
 from torch import nn
 
 from monai_pairsynth.modalities import ModalitySpec, resolve_specs
+from monai_pairsynth.networks import PairedDiffusionModel
 from monai_pairsynth.utils import atomic_save_torch, state_dict_mismatch
 
 __all__ = [
@@ -396,8 +397,6 @@ def load_paired_checkpoint(
         ``(model, checkpoint)``: the model in eval mode, and the checkpoint dict (noise scheduler config,
         modality specs, spatial size, spacing, ...).
     """
-    from monai_pairsynth.networks import PairedDiffusionModel
-
     ckpt = read_paired_checkpoint(path, map_location=map_location)
     if ckpt.get("model_class") != _MODEL_CLASS:
         raise ValueError(

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from monai.losses import DiceCELoss
+from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, UNet
 from torch import nn
 
@@ -116,8 +117,6 @@ def unet_encoder_layers(network: nn.Module) -> list[str]:
     if isinstance(network, BasicUNet):
         return ["conv_0", "down_1", "down_2", "down_3", "down_4"]
     if isinstance(network, UNet):
-        from monai.networks.layers.simplelayers import SkipConnection
-
         names: list[str] = []
         prefix = "model"
         module: nn.Module = network.model
