@@ -601,6 +601,24 @@ def summarise(results: list[dict[str, Any]], settings: Settings) -> dict[str, An
                     n_patients=patients_cmp["n"],
                     n_slices=patients_cmp["num_entries"],
                 )
+            joint = f"filtered_r{arm['ratio']:g}"
+            if arm["pool"] == "label_first" and all((n, joint, s) in by for s in settings.seeds):
+                # the issue's other question: label-first against joint mixing at the same ratio, by patient
+                joint_runs = [by[(n, joint, s)] for s in settings.seeds]
+                vs = compare_dice(
+                    [d for r in joint_runs for d in r["dice"]],
+                    [d for r in runs for d in r["dice"]],
+                    patient_ids=[pid for r in runs for pid in _test_patients(r)],
+                )
+                effect = patient_effect(vs)
+                row["vs_joint"] = {
+                    "arm": joint,
+                    "patient_diff": effect["patient_diff"],
+                    "ci_low": effect["ci_low"],
+                    "ci_high": effect["ci_high"],
+                    "p_patient_t": vs["t_pvalue"],
+                    "p_seed_t": compare_dice([r["mean_dice"] for r in joint_runs], means)["t_pvalue"],
+                }
             table[f"n{n}/{name}"] = row
     return table
 
@@ -735,6 +753,16 @@ def outcome(settings: Settings, table: dict[str, Any]) -> str:
         if "filtered_r0.5" in rows and "unfiltered" in rows:
             f, u = rows["filtered_r0.5"]["mean"], rows["unfiltered"]["mean"]
             text += f" Filtered vs unfiltered at r = 0.5: {f:.3f} vs {u:.3f}."
+        versus = [
+            f"r = {r['ratio']:g}: {v['patient_diff']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}], "
+            f"p = {_p(v['p_patient_t'])} (seed means p = {_p(v['p_seed_t'])})"
+            for r in rows.values()
+            if (v := r.get("vs_joint"))
+        ]
+        if versus:
+            text += (
+                " Label-first minus joint (filtered) mixing over test patients, " + "; ".join(versus) + "."
+            )
         out.append(text)
     seed_level = [
         f"{arm_label(r['arm'])} (N_real = {r['n_real']})"

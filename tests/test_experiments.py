@@ -190,3 +190,26 @@ def test_conditional_generator_command_trains_per_modality_timesteps(tmp_path):
     )
     assert "--independent-timestep-prob" not in joint
     assert cond[: len(joint)] == joint and cond[len(joint) :] == ["--independent-timestep-prob", "0.5"]
+
+
+def test_label_first_arms_are_compared_with_joint_mixing_by_patient():
+    import downstream
+
+    settings = downstream.Settings(n_real=(16,), seeds=(0, 1), num_test=4, ct_only=False)
+    base = [0.5, 0.6, 0.7, 0.4]
+    shifts = {"real": 0.0, "filtered_r0.5": -0.10, "label_first_r0.5": 0.02}
+    results = []
+    for seed in settings.seeds:
+        for arm in downstream.arms(settings):
+            noise = [0.01 * ((i + seed + len(arm["arm"])) % 3) for i in range(4)]
+            values = [d + shifts.get(arm["arm"], 0.0) + e for d, e in zip(base, noise)]
+            results.append(
+                {"n_real": 16, "arm": arm["arm"], "seed": seed, "dice": values, "mean_dice": sum(values) / 4}
+            )
+    table = downstream.summarise(results, settings)
+    vs = table["n16/label_first_r0.5"]["vs_joint"]
+    assert vs["arm"] == "filtered_r0.5" and vs["ci_low"] <= vs["patient_diff"] <= vs["ci_high"]
+    assert vs["patient_diff"] == pytest.approx(0.12, abs=0.02) and vs["p_patient_t"] < 0.05
+    assert "vs_joint" not in table["n16/filtered_r0.5"]
+    text = downstream.outcome(settings, table)
+    assert "Label-first minus joint (filtered) mixing over test patients, r = 0.5: +0.1" in text
