@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -26,18 +27,23 @@ from typing import Any
 
 import torch
 
+from monai_pairsynth.utils import atomic_write_json
+
 __all__ = [
     "DEFAULT_MODALITY_SPECS",
     "FOV_KEY",
     "FOV_SPEC",
     "PET_INTENSITY_SPECS",
     "PET_LOG_SPEC",
+    "SPECS_RECORD_NAME",
     "IntensityMapping",
     "ModalityKind",
     "ModalitySpec",
     "modality_specs_for",
+    "read_specs_record",
     "resolve_specs",
     "with_field_of_view",
+    "write_specs_record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -308,3 +314,45 @@ def modality_specs_for(
             specs[pet_key].to_dict(),
         )
     return specs
+
+
+#: The file next to a segmentation checkpoint that records how its inputs were mapped to [-1, 1].
+SPECS_RECORD_NAME = "modality_specs.json"
+
+
+def write_specs_record(
+    folder: str | os.PathLike, specs: Mapping[str, ModalitySpec | Mapping[str, Any]], enabled: bool = True
+) -> str | None:
+    """Write ``folder/modality_specs.json``: the modality specs a segmentation run maps its inputs with (e.g. which
+    PET map), so that evaluating its checkpoints with another map is an error instead of a silent Dice drop
+    (:func:`read_specs_record`). Atomic; ``enabled=False`` (a non-main rank) writes nothing. Returns the path.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> path = write_specs_record(folder, modality_specs_for(["ct", "pet"], "log"))
+        >>> read_specs_record(os.path.join(folder, "model.pt"))["pet"].mapping.value
+        'log'
+    """
+    if not enabled:
+        return None
+    os.makedirs(folder, exist_ok=True)
+    record = {"modality_specs": {k: v.to_dict() for k, v in resolve_specs(specs).items()}}
+    return str(atomic_write_json(os.path.join(os.fspath(folder), SPECS_RECORD_NAME), record))
+
+
+def read_specs_record(checkpoint: str | os.PathLike) -> dict[str, ModalitySpec] | None:
+    """The specs recorded next to ``checkpoint`` by :func:`write_specs_record`, or ``None`` where there is no record
+    (a checkpoint written before records existed, or copied without its folder).
+
+    Raises:
+        ValueError: the record exists but cannot be read, naming the file.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(checkpoint))), SPECS_RECORD_NAME)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return resolve_specs(json.load(f)["modality_specs"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read the modality specs record {path!r}: {err}") from None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,43 @@ from monai.inferers import SimpleInferer
 from monai.transforms import Activationsd, AsDiscreted, Compose
 
 from monai_pairsynth.data.sources import BundleSettingError
-from monai_pairsynth.modalities import FOV_KEY
+from monai_pairsynth.modalities import FOV_KEY, ModalitySpec, read_specs_record, resolve_specs
 
-__all__ = ["segmentation_test_dice"]
+__all__ = ["check_specs_record", "segmentation_test_dice"]
+
+logger = logging.getLogger(__name__)
+
+
+def check_specs_record(
+    checkpoint: str | os.PathLike, specs: Mapping[str, ModalitySpec | Mapping[str, Any]]
+) -> bool:
+    """Check that ``specs`` (how this evaluation maps its inputs) are the ones recorded next to a segmentation
+    checkpoint by ``train_segmentation.json`` (``modality_specs.json``, :func:`~monai_pairsynth.modalities.
+    write_specs_record`), for every modality both name. A checkpoint without a record (written before records
+    existed, or copied without its folder) is logged and accepted. Returns whether a record was found.
+
+    Raises:
+        BundleSettingError: a modality is mapped differently, naming the checkpoint, the modality, both maps and
+            the setting to change.
+    """
+    recorded = read_specs_record(checkpoint)
+    if recorded is None:
+        logger.warning(
+            "segmentation checkpoint %s has no %s beside it: its input map (e.g. pet_intensity) cannot be checked; "
+            "evaluate it with the settings it was trained with.",
+            os.fspath(checkpoint),
+            "modality_specs.json",
+        )
+        return False
+    given = resolve_specs(specs)
+    for key in sorted(set(recorded) & set(given)):
+        if recorded[key] != given[key]:
+            hint = " (set pet_intensity to the training run's value)" if key == "pet" else ""
+            raise BundleSettingError(
+                f"segmentation checkpoint {os.fspath(checkpoint)!r} was trained with {key} mapped as "
+                f"{recorded[key].to_dict()}, this evaluation maps it as {given[key].to_dict()}{hint}."
+            )
+    return True
 
 
 def _carries(data_loader: Any, key: str) -> bool:
@@ -63,6 +98,7 @@ def segmentation_test_dice(
     device: str | torch.device = "cpu",
     postprocessing: Callable | None = None,
     fov_key: str | None = FOV_KEY,
+    modality_specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
 ) -> list[float]:
     """Tumour Dice of every test sample for a segmentation checkpoint, with MONAI's ``SupervisedEvaluator``.
 
@@ -79,18 +115,22 @@ def segmentation_test_dice(
         fov_key: where the samples carry this field-of-view mask ({0, 1}, 1 where scanned; ``real_samples(...,
             fov_key="fov")``), every pixel outside it is predicted background: what the crop padded is never
             scored. Samples without it are scored exactly as before.
+        modality_specs: how the test inputs were mapped; checked against the checkpoint's record
+            (:func:`check_specs_record`). ``None``: not checked.
 
     Returns:
         one Dice per test sample, in data-loader order.
 
     Raises:
-        BundleSettingError: the checkpoint does not exist.
+        BundleSettingError: the checkpoint does not exist, or was trained with other ``modality_specs``.
     """
     path = Path(str(checkpoint)).expanduser()
     if not path.is_file():
         raise BundleSettingError(
             f"segmentation checkpoint {str(path)!r} does not exist; train one with configs/train_segmentation.json."
         )
+    if modality_specs is not None:
+        check_specs_record(path, modality_specs)
     if postprocessing is None:
         postprocessing = Compose(
             [

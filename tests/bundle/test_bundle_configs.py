@@ -185,3 +185,36 @@ def test_configs_on_a_hecktor_folder(tmp_path, hecktor_dir, tiny_checkpoint):
     )
     counts = json.loads((tmp_path / "gen" / "counts.json").read_text())
     assert counts["accepted"] == 2 and counts["settings"]["dataset_dir"] == str(hecktor_dir)
+
+
+def test_segmentation_checkpoint_records_its_input_map_and_evaluate_checks_it(tmp_path):
+    """train_segmentation writes modality_specs.json beside its checkpoints; evaluating them with another PET map
+    stops with one clear line instead of a silently lower Dice."""
+    from monai_pairsynth.bundle_checks import BundleSettingError
+    from monai_pairsynth.modalities import PET_LOG_SPEC, read_specs_record
+
+    run_workflow(
+        "train_segmentation.json",
+        **_seg_overrides(
+            tmp_path,
+            "seg",
+            synthetic_ratio=0,
+            diffusion_checkpoint=str(tmp_path / "none.pt"),
+            pet_intensity="log",
+        ),
+    )
+    assert read_specs_record(tmp_path / "seg" / "model.pt")["pet"] == PET_LOG_SPEC
+    evaluate = {
+        "num_train_cases": 6,
+        "num_test_cases": 3,
+        "segmentation_checkpoint": str(tmp_path / "seg" / "model.pt"),
+        "feature_epochs": 1,
+        "feature_channels": [4, 8],
+        "output_dir": str(tmp_path / "eval"),
+    }
+    with pytest.raises(Exception) as info:
+        run_workflow("evaluate.json", **grid_overrides(**evaluate))
+    err = info.value
+    while err is not None and not isinstance(err, BundleSettingError):
+        err = err.__cause__ or err.__context__
+    assert err is not None and "was trained with pet mapped as" in str(err) and "pet_intensity" in str(err)

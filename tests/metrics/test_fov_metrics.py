@@ -72,3 +72,32 @@ def test_segmentation_dice_ignores_predictions_outside_the_fov(tmp_path):
     off = segmentation_test_dice(net, path, DataLoader([{**sample, "fov": fov}], batch_size=1), fov_key=None)
     assert plain == pytest.approx([2 * 4 / (64 + 4)]) and off == plain
     assert masked == pytest.approx([2 * 4 / (16 + 4)])
+
+
+def test_specs_record_check(tmp_path, caplog):
+    from monai_pairsynth.bundle_checks import BundleSettingError
+    from monai_pairsynth.metrics.segmentation_dice import check_specs_record
+    from monai_pairsynth.modalities import modality_specs_for, write_specs_record
+
+    checkpoint = tmp_path / "model.pt"
+    linear, log = (
+        modality_specs_for(["ct", "pet", "label"]),
+        modality_specs_for(["ct", "pet", "label"], "log"),
+    )
+    with caplog.at_level("WARNING"):
+        assert check_specs_record(checkpoint, linear) is False  # no record: logged, accepted
+    assert "has no modality_specs.json" in caplog.text
+    write_specs_record(tmp_path, log)
+    assert check_specs_record(checkpoint, log) is True
+    assert check_specs_record(checkpoint, {"ct": linear["ct"]}) is True  # only the modalities both name
+    with pytest.raises(
+        BundleSettingError, match=r"trained with pet mapped as .*'mapping': 'log'.*pet_intensity"
+    ):
+        check_specs_record(checkpoint, linear)
+    assert (
+        write_specs_record(tmp_path / "other", log, enabled=False) is None
+        and not (tmp_path / "other").exists()
+    )
+    (tmp_path / "modality_specs.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read the modality specs record"):
+        check_specs_record(checkpoint, log)
