@@ -819,20 +819,33 @@ SECTION_START = "<!-- real-patients:start (written by experiments/real_patients.
 SECTION_END = "<!-- real-patients:end -->"
 
 
-def replace_section(text: str, body: str) -> str:
-    """``text`` with the real-patient section replaced by ``body`` (appended when absent)."""
-    block = f"{SECTION_START}\n{body.strip()}\n{SECTION_END}\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        return head + block + rest.split(SECTION_END, 1)[1].lstrip("\n")
+def _markers(name: str) -> tuple[str, str]:
+    if name == "real-patients":
+        return SECTION_START, SECTION_END
+    return f"<!-- {name}:start (written by experiments/) -->", f"<!-- {name}:end -->"
+
+
+def replace_section(text: str, body: str, name: str = "real-patients") -> str:
+    """``text`` with the section ``name`` (default: the real-patient one) replaced by ``body`` (appended when
+    absent)."""
+    start, end = _markers(name)
+    block = f"{start}\n{body.strip()}\n{end}\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        return head + block + rest.split(end, 1)[1].lstrip("\n")
     return text.rstrip("\n") + "\n\n" + block
 
 
-def kept_section(text: str) -> str:
-    """The real-patient section of an existing page (``""`` when it has none), so rewriting the phantom page keeps it."""
-    if SECTION_START in text and SECTION_END in text:
-        return SECTION_START + text.split(SECTION_START, 1)[1].split(SECTION_END, 1)[0] + SECTION_END + "\n"
+def kept_section(text: str, name: str = "real-patients") -> str:
+    """The section ``name`` of an existing page (``""`` when it has none), so rewriting the phantom page keeps it."""
+    start, end = _markers(name)
+    if start in text and end in text:
+        return start + text.split(start, 1)[1].split(end, 1)[0] + end + "\n"
     return ""
+
+
+#: the sections other scripts write into the phantom page, kept when it is rewritten
+KEPT_SECTIONS = ("label-first-phantom", "real-patients")
 
 
 def label_first_setup(s: Settings, pools: list[dict]) -> str:
@@ -1013,7 +1026,8 @@ def main(argv: list[str] | None = None) -> int:
             timing = json.loads(timing_file.read_text(encoding="utf-8"))
             seconds[f"the whole `all` command with {timing['jobs']} processes"] = timing["seconds"]
         text = write_report(root, settings, table, pools, results, seconds, args.machine_note, png.name)
-        real_section = kept_section(out.read_text(encoding="utf-8")) if out.is_file() else ""
+        old_text = out.read_text(encoding="utf-8") if out.is_file() else ""
+        real_section = "\n".join(filter(None, (kept_section(old_text, n) for n in KEPT_SECTIONS)))
         atomic_write_text(out, text.rstrip("\n") + "\n\n" + real_section if real_section else text)
         print(text)
     return 0
