@@ -213,3 +213,68 @@ def test_label_first_arms_are_compared_with_joint_mixing_by_patient():
     assert "vs_joint" not in table["n16/filtered_r0.5"]
     text = downstream.outcome(settings, table)
     assert "Label-first minus joint (filtered) mixing over test patients, r = 0.5: +0.1" in text
+
+
+def _phantom_checkpoint(path, per_modality: bool):
+    import torch
+
+    from monai_pairsynth.engines import PairedDiffusionPrepareBatch, save_paired_checkpoint
+    from monai_pairsynth.networks import PairedDiffusionModel
+
+    mods = ("ct", "pet", "label")
+    torch.manual_seed(0)
+    tiny = {"channels": (4, 8), "attention_levels": (False, False), "norm_num_groups": 4}
+    model = PairedDiffusionModel(mods, condition_timesteps=per_modality, **tiny)
+    prep = PairedDiffusionPrepareBatch(mods, 50, independent_timestep_prob=0.5 if per_modality else 0.0)
+    return save_paired_checkpoint(
+        path,
+        model,
+        noise_scheduler={"num_train_timesteps": 50},
+        spatial_size=[64, 64],
+        spacing=4.0,
+        prepare_batch=prep,
+    )
+
+
+def test_label_first_phantom_refuses_swapped_generators(tmp_path):
+    import label_first_phantom
+
+    shared = _phantom_checkpoint(tmp_path / "shared.pt", per_modality=False)
+    cond = _phantom_checkpoint(tmp_path / "cond.pt", per_modality=True)
+    with pytest.raises(ValueError, match="is not the shared variant"):
+        label_first_phantom.export_generators(tmp_path / "swapped", cond, shared)
+    with pytest.raises(FileNotFoundError, match=r"run benchmarks/conditional_sampling\.py first"):
+        label_first_phantom.export_generators(tmp_path / "missing", tmp_path / "none.pt", cond)
+
+
+@pytest.mark.slow
+def test_label_first_phantom_rehearsal_writes_its_section(tmp_path):
+    import label_first_phantom
+
+    shared = _phantom_checkpoint(tmp_path / "shared.pt", per_modality=False)
+    cond = _phantom_checkpoint(tmp_path / "cond.pt", per_modality=True)
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nphantom page\n")
+    args = ["--root", str(tmp_path / "lf"), "--shared", str(shared), "--per-modality", str(cond)]
+    assert label_first_phantom.main([*args, "--jobs", "1", "--quick", "--results-md", str(page)]) == 0
+    summary = json.loads((tmp_path / "lf" / "summary.json").read_text())
+    assert {"n16/real", "n16/filtered_r0.5", "n16/label_first_r0.5"} <= set(summary["table"])
+    label_first = [p for p in summary["pools"] if "conditioning" in p]
+    assert [(p["generator"], p["conditioning"]) for p in label_first] == [("demo_cond.pt", "clean")]
+    text = page.read_text()
+    assert text.startswith("# Results\n\nphantom page") and "## Label-first against joint mixing" in text
+    # rewriting the section replaces it in place
+    label_first_phantom.main([*args, "--jobs", "1", "--quick", "--results-md", str(page)])
+    assert page.read_text().count("## Label-first against joint mixing") == 1
+
+
+def test_named_sections_are_replaced_and_kept_independently():
+    import downstream
+
+    page = downstream.replace_section("# phantom\n", "## real v1", "real-patients")
+    page = downstream.replace_section(page, "## lf v1", "label-first-phantom")
+    page = downstream.replace_section(page, "## lf v2", "label-first-phantom")
+    assert "## lf v1" not in page and page.count("## lf v2") == 1 and "## real v1" in page
+    kept = [downstream.kept_section(page, name) for name in downstream.KEPT_SECTIONS]
+    assert all(kept) and "## lf v2" in kept[0] and "## real v1" in kept[1]
+    assert downstream.kept_section("# phantom only\n", "label-first-phantom") == ""
