@@ -104,6 +104,12 @@ def section(root: Path, s: downstream.Settings, table: dict, pools: list[dict], 
     seconds = sum(r["seconds"] for r in results) + sum(
         i["sample_seconds"] + i["filter_seconds"] for i in pools
     )
+    given = "; ".join(
+        f"{i['name']}: masks given {i['conditioning']}, {i['placement_fallbacks']} of {i['candidates']} placements "
+        "fell back to the original position"
+        for i in pools
+        if "conditioning" in i
+    )
     return f"""## Label-first against joint mixing on the phantom (demo-scale generators)
 
 Written by `experiments/label_first_phantom.py` (do not edit by hand: rerun it). Issue 14's question on the
@@ -118,7 +124,7 @@ The GPU-trained per-arm generators of the experiment above are not on this machi
 - **Pools.** {s.sampler.upper()}-{s.sampler_steps}, 4P candidates, P = {s.pool_sizes[0][1]}, one pool per kind
   shared by the {len(s.seeds)} seeds; the filtered pools keep P with the feature-centroid filter (segmenter
   fitted on the arm's 16 cases). Label-first masks come from the arm's 16 real masks (rotated, scaled,
-  deformed, placed inside the body of their case).
+  deformed, placed inside the body of their case){f" ({given})" if given else ""}.
 - **Segmentation and statistics** as above: MONAI `UNet`, {s.seg_steps} steps in every arm, CT + PET input,
   {s.num_test} held-out test patients (one slice each), Dice averaged over the seeds per patient, paired
   t-test and Wilcoxon over patients, 95 % CI, and a t-test over the {len(s.seeds)} seed means.
