@@ -59,6 +59,7 @@ SPACING = 4.0
 SPLIT_SEED = 2026
 NUM_TEST = 12
 N_REAL = (8, 16, 24)
+SEEDS = (0, 1, 2, 3, 4, 5)  # segmenter seeds per arm: 6, so the test over seed means has some power
 POOL_SIZE = 32  # the filtered pool of each N keeps 32 of 4 x 32 candidates
 FILTER_EPOCHS = 8
 
@@ -408,7 +409,7 @@ def settings(quick: bool) -> Any:
         )
     return downstream.Settings(
         n_real=N_REAL,
-        seeds=(0, 1, 2),
+        seeds=SEEDS,
         num_test=NUM_TEST,
         pool_sizes=tuple((n, POOL_SIZE) for n in N_REAL),
         sampler="ddpm",
@@ -433,7 +434,7 @@ def baseline_caveat(s: Any, table: dict[str, Any]) -> str:
         f"- **Caveat: real-only Dice does not rise with N** ({values}). Every arm gets the same {s.seg_steps} "
         "optimiser steps, so the segmenters are not trained to convergence and part of each difference is "
         f"optimisation noise; effects at N = {lowest} stand against the lowest of the baselines. The seed-mean "
-        "tests (n = 3) are the conservative reading."
+        f"tests (n = {len(s.seeds)}) are the conservative reading."
     )
 
 
@@ -530,7 +531,7 @@ above, on the real patients of `../shared/data/sts_pet_ct` (TCIA Soft-tissue-Sar
 - **Generators.** One per N, trained only on those N patients by `python -m monai_pairsynth.engines.train`
   with the bundle's recipe (v-prediction, cosine, Min-SNR 5, tumour weight 4, batch 16, lr 5e-4, EMA 0.005,
   augmentation), CPU default widths, **on CPU, one thread each, three at once on 2 cores, for a wall-time
-  budget** ({gen_note or "see generators.json"}). A CPU budget, not a converged generator: the three seeds
+  budget** ({gen_note or "see generators.json"}). A CPU budget, not a converged generator: the {len(s.seeds)} seeds
   share the generator and the pool of their N (they vary the segmenter's initialisation, data order,
   augmentation and the draws from the pool), so the seed spread does not include generator or pool
   variability. `benchmarks/gpu_session.sh`
