@@ -187,6 +187,21 @@ def _one_thread() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ pools
+def arm_filter(root: Path, name: str, real: list[dict[str, Any]], settings: Settings, seed: int) -> Any:
+    """The quality filter of the arm whose pools are ``name``: fitted once on the arm's real cases and kept in
+    ``<root>/pools/<name>_filter.pt`` (+ ``_segmenter.pt``), so the joint and label-first pools share it."""
+    from monai_pairsynth.mixing.pool_builder import train_quality_filter
+    from monai_pairsynth.quality import FeatureCentroidFilter, load_feature_segmenter, save_feature_segmenter
+
+    state, net = root / "pools" / f"{name}_filter.pt", root / "pools" / f"{name}_segmenter.pt"
+    if state.is_file() and net.is_file():
+        return FeatureCentroidFilter.load(state, load_feature_segmenter(str(net), map_location="cpu"))
+    quality_filter = train_quality_filter(real, epochs=settings.filter_epochs, seed=seed, device="cpu")
+    save_feature_segmenter(quality_filter.feature_network, net)
+    quality_filter.save(state)
+    return quality_filter
+
+
 def _keep_filtered(
     quality_filter: Any, candidates: dict[str, Any], p: int, settings: Settings, what: str
 ) -> tuple[Any, dict[str, Any]]:
@@ -215,7 +230,6 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings, data: An
     import torch
 
     from monai_pairsynth.inferers import PairedDiffusionInferer
-    from monai_pairsynth.mixing.pool_builder import train_quality_filter
     from monai_pairsynth.utils import atomic_save_torch
 
     _one_thread()
@@ -233,7 +247,7 @@ def build_pools(root: Path, n_real: int, seed: int, settings: Settings, data: An
     p = settings.pool_size(n_real)
     start = time.perf_counter()
     real = data.train(n_real, seed)
-    quality_filter = train_quality_filter(real, epochs=settings.filter_epochs, seed=seed, device="cpu")
+    quality_filter = arm_filter(root, data.pool_name(n_real, seed), real, settings, seed)
     filter_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -287,7 +301,6 @@ def build_label_first_pool(
     import torch
 
     from monai_pairsynth.inferers import LabelFirstPoolSource
-    from monai_pairsynth.mixing.pool_builder import train_quality_filter
     from monai_pairsynth.utils import atomic_save_torch
 
     _one_thread()
@@ -302,7 +315,7 @@ def build_label_first_pool(
     p = settings.pool_size(n_real)
     start = time.perf_counter()
     real = data.train(n_real, seed)
-    quality_filter = train_quality_filter(real, epochs=settings.filter_epochs, seed=seed, device="cpu")
+    quality_filter = arm_filter(root, data.pool_name(n_real, seed), real, settings, seed)
     filter_seconds = time.perf_counter() - start
     start = time.perf_counter()
     source = LabelFirstPoolSource(
@@ -975,8 +988,6 @@ def main(argv: list[str] | None = None) -> int:
     pools: list[dict] = []
     if args.stage in ("pools", "all", "report"):
         jobs = [(build_pools, (root, n, s, settings)) for n in settings.n_real for s in settings.seeds]
-        if settings.label_first_ratios:
-            jobs += [(build_label_first_pool, j[1]) for j in jobs]
         if args.stage == "report":
             import torch
 
@@ -989,6 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
         else:
             pools = run_jobs(jobs, args.jobs)
+            if settings.label_first_ratios:  # after the joint pools: they fitted the filter these reuse
+                pools += run_jobs([(build_label_first_pool, j[1]) for j in jobs], args.jobs)
     results: list[dict] = []
     if args.stage in ("segment", "all", "report"):
         jobs = [

@@ -161,13 +161,8 @@ def run(root: Path, s: downstream.Settings, jobs: int, results_md: Path | None) 
     data = DemoGenerators(s.num_test)
     t0 = time.perf_counter()
     n, seed = s.n_real[0], s.seeds[0]
-    pools = downstream.run_jobs(
-        [
-            (downstream.build_pools, (root, n, seed, s, data)),
-            (downstream.build_label_first_pool, (root, n, seed, s, data)),
-        ],
-        jobs,
-    )
+    job = (root, n, seed, s, data)  # joint pool first: it fits the filter the label-first pool reuses
+    pools = [downstream.build_pools(*job), downstream.build_label_first_pool(*job)]
     results = downstream.run_jobs(
         [(downstream.run_arm, (root, n, sd, arm, s, data)) for sd in s.seeds for arm in downstream.arms(s)],
         jobs,

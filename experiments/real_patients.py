@@ -628,7 +628,11 @@ def run_rest(root: Path, stage: str, *, quick: bool, jobs: int, results_md: str 
                     "label_first" if "label_first" in j[0].__name__ else "",
                 ).is_file()
             ]
-        pools = downstream.run_jobs(jobs_, 1 if stage == "report" else jobs)
+        # the joint pools first: they fit each N's filter, which the label-first pools then reuse
+        joint = [j for j in jobs_ if j[0] is downstream.build_pools]
+        later = [j for j in jobs_ if j[0] is not downstream.build_pools]
+        n_jobs = 1 if stage == "report" else jobs
+        pools = downstream.run_jobs(joint, n_jobs) + downstream.run_jobs(later, n_jobs)
     results: list[dict] = []
     if stage in ("segment", "all", "report"):
         jobs_ = [

@@ -248,8 +248,14 @@ def test_label_first_phantom_refuses_swapped_generators(tmp_path):
 
 
 @pytest.mark.slow
-def test_label_first_phantom_rehearsal_writes_its_section(tmp_path):
+def test_label_first_phantom_rehearsal_writes_its_section(tmp_path, monkeypatch):
     import label_first_phantom
+
+    from monai_pairsynth.mixing import pool_builder
+
+    fits = []
+    fit = pool_builder.train_quality_filter
+    monkeypatch.setattr(pool_builder, "train_quality_filter", lambda *a, **k: fits.append(1) or fit(*a, **k))
 
     shared = _phantom_checkpoint(tmp_path / "shared.pt", per_modality=False)
     cond = _phantom_checkpoint(tmp_path / "cond.pt", per_modality=True)
@@ -261,6 +267,8 @@ def test_label_first_phantom_rehearsal_writes_its_section(tmp_path):
     assert {"n16/real", "n16/filtered_r0.5", "n16/label_first_r0.5"} <= set(summary["table"])
     label_first = [p for p in summary["pools"] if "conditioning" in p]
     assert [(p["generator"], p["conditioning"]) for p in label_first] == [("demo_cond.pt", "clean")]
+    # one filter fit for the arm: the label-first pool reuses the joint pool's, kept beside the pools
+    assert len(fits) == 1 and (tmp_path / "lf" / "pools" / "demo_n16_filter.pt").is_file()
     text = page.read_text()
     assert text.startswith("# Results\n\nphantom page") and "## Label-first against joint mixing" in text
     # rewriting the section replaces it in place
