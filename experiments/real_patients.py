@@ -165,9 +165,15 @@ def generator_command(
     threads: int,
     epochs: int = 100_000,
     precision: tuple[str, ...] = (),
+    name: str | None = None,
+    seed: int = 0,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """The package's training command for the ``n_real``-patient generator (resumes from its checkpoint)."""
-    run_dir = root / "generators" / generator_name(n_real)
+    """The package's training command for the ``n_real``-patient generator (resumes from its checkpoint).
+
+    ``name`` (default ``gen_real_n{N}``), ``seed`` and ``extra`` command-line arguments make a variant of it on
+    the same patients (``experiments/generator_variants.py``: another PET map, the field-of-view mask, a seed)."""
+    run_dir = root / "generators" / (name or generator_name(n_real))
     cmd = [
         sys.executable,
         "-m",
@@ -190,9 +196,9 @@ def generator_command(
         "--threads", str(threads),
         "--device", device,
         "--max-minutes", str(max_minutes),
-        "--seed", "0",
+        "--seed", str(seed),
     ]  # fmt: skip
-    cmd += list(precision)  # e.g. ("--no-amp", "--autocast", "bfloat16") on a GPU
+    cmd += list(extra) + list(precision)  # e.g. ("--no-amp", "--autocast", "bfloat16") on a GPU
     if (run_dir / "checkpoint.pt").is_file():
         cmd += ["--resume-from", str(run_dir / "checkpoint.pt")]
     return cmd
