@@ -7,7 +7,8 @@
 - pairedness: :func:`pairedness` (score = lesion uptake against its local background x CT/PET gradient
   alignment; the earlier 40 % SUVmax and body-outline Dice beside it);
 - memorisation: :func:`memorisation_report` (nearest real training sample in feature space);
-- downstream: :func:`compare_dice` (mean ± sd, paired t-test and Wilcoxon; over patients with ``patient_ids``);
+- downstream: :func:`compare_dice` (mean ± sd, paired t-test and Wilcoxon; over patients with ``patient_ids``)
+  and :func:`compare_dice_crossed` (test patients and training runs both random, as readers and cases in MRMC);
 - statistics by patient: :func:`patient_ids`, :func:`patient_means`, :func:`summarize_by_patient`,
   :func:`patient_disjoint_halves` (slices of one patient are not independent samples).
 
@@ -19,6 +20,7 @@ See ``docs/metrics.md``.
 from __future__ import annotations
 
 from .by_patient import patient_disjoint_halves, patient_ids, patient_means, summarize_by_patient
+from .crossed_comparison import compare_dice_crossed
 from .dice_comparison import compare_dice
 from .distribution_distance import MMDKernel, feature_fid, median_bandwidth, mmd
 from .diversity import MS_SSIM_KERNEL_SIZE, MS_SSIM_WEIGHTS, diversity_report, ms_ssim, pairwise_ms_ssim
@@ -32,6 +34,7 @@ __all__ = [
     "MMDKernel",
     "body_outline",
     "compare_dice",
+    "compare_dice_crossed",
     "diversity_report",
     "extract_global_features",
     "feature_fid",
