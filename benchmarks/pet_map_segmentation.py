@@ -281,8 +281,12 @@ def summarise(
             patient_ids=patient_ids,
         )
         seed_cmp = compare_dice(row["linear"]["seed_means"], row["log"]["seed_means"])
+        both = downstream.crossed(runs["linear"], runs["log"])
         row.update(
             **downstream.patient_effect(patients),
+            p_crossed=float(both["t_pvalue"]),
+            crossed_ci_low=float(both["ci_low"]),
+            crossed_ci_high=float(both["ci_high"]),
             n_patients=int(patients["n"]),
             n_slices=int(patients["num_entries"]),
             p_patient_t=float(patients["t_pvalue"]),
@@ -338,11 +342,15 @@ def control(
             [d for r in mine for d in r["dice"]],
             patient_ids=[p for r in mine for p in r["test_patients"]],
         )
+        both = downstream.crossed(theirs, mine)
         out[f"n{n}"] = {
             "experiment_seed_means": [r["mean_dice"] for r in theirs],
             "linear_seed_means": [r["mean_dice"] for r in mine],
             **downstream.patient_effect(patients),
             "p_patient_t": float(patients["t_pvalue"]),
+            "p_crossed": float(both["t_pvalue"]),
+            "crossed_ci_low": float(both["ci_low"]),
+            "crossed_ci_high": float(both["ci_high"]),
             "mean_abs_seed_diff": sum(
                 abs(a["mean_dice"] - b["mean_dice"]) for a, b in zip(mine, theirs, strict=True)
             )
@@ -380,15 +388,16 @@ def input_difference(work: Path, experiment_root: Path) -> dict[str, Any] | None
 def control_markdown(rows: dict[str, Any]) -> str:
     lines = [
         "| N | linear arm here, seed means | the experiment's real-only runs, seed means | mean \\|difference\\| per "
-        "seed | here − experiment over test patients [95 % CI] | p (t, test patients) |",
-        "|---|---|---|---|---|---|",
+        "seed | here − experiment over test patients [95 % CI] | p (t, test patients) | p (patients × seeds) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, row in rows.items():
         here = ", ".join(f"{v:.3f}" for v in row["linear_seed_means"])
         there = ", ".join(f"{v:.3f}" for v in row["experiment_seed_means"])
         lines.append(
             f"| {key[1:]} | {here} | {there} | {row['mean_abs_seed_diff']:.3f} | {row['patient_diff']:+.3f} "
-            f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {_p(row['p_patient_t'])} |"
+            f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] | {_p(row['p_patient_t'])} | "
+            f"{_p(row.get('p_crossed', float('nan')))} |"
         )
     return "\n".join(lines)
 
@@ -432,8 +441,8 @@ def markdown(table: dict[str, Any]) -> str:
     lines = [
         "| N training patients | linear 0-15 SUV (clipped): Dice, mean ± sd over seeds | log 0-60 SUV: Dice, mean ± sd "
         "over seeds | log − linear over test patients [95 % CI], d_z | p (t, test patients) | p (Wilcoxon, test "
-        "patients) | log − linear, seed means | p (t, seed means) |",
-        "|---|---|---|---|---|---|---|---|",
+        "patients) | log − linear, seed means | p (t, seed means) | p (patients × seeds) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.values():
         lin, log = row["linear"], row["log"]
@@ -441,7 +450,7 @@ def markdown(table: dict[str, Any]) -> str:
             f"| {row['n_real']} | {lin['mean']:.3f} ± {lin['sd']:.3f} | {log['mean']:.3f} ± {log['sd']:.3f} | "
             f"{row['patient_diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], {row['effect_dz']:+.2f} | "
             f"{_p(row['p_patient_t'])} | {_p(row['p_patient_wilcoxon'])} | {row['seed_diff']:+.3f} | "
-            f"{_p(row['p_seed_t'])} |"
+            f"{_p(row['p_seed_t'])} | {_p(row.get('p_crossed', float('nan')))} |"
         )
     return "\n".join(lines)
 

@@ -457,14 +457,16 @@ def noise_floor_note(path: Path = NOISE_FLOOR) -> str:
     if not rows:
         return ""
     parts = ", ".join(
-        f"{r['patient_diff']:+.3f} (p = {r['p_patient_t']:.2g}) at N = {k.removeprefix('n')}"
+        f"{r['patient_diff']:+.3f} (p = {r['p_patient_t']:.2g}"
+        + (f"; patients × seeds p = {r['p_crossed']:.2g}" if "p_crossed" in r else "")
+        + f") at N = {k.removeprefix('n')}"
         for k, r in sorted(rows.items(), key=lambda kv: int(kv[0].removeprefix("n")))
     )
     return (
-        " These tests hold the trained segmenters fixed: rerunning the real-only arm on inputs that differ only "
-        f"by float rounding moved Dice over the test patients by {parts} (the control of "
-        "`benchmarks/pet_map_segmentation.py`, [data.md](data.md#which-map-the-segmenter)), so differences of "
-        "about 0.02 are within training noise whatever their p-value."
+        " The test-patient tests hold the trained segmenters fixed: rerunning the real-only arm on inputs that "
+        f"differ only by float rounding moved Dice over the test patients by {parts} (the control of "
+        "`benchmarks/pet_map_segmentation.py`, [data.md](data.md#which-map-the-segmenter)), so by them differences "
+        "of about 0.02 are within training noise whatever their p-value; the patients × seeds test counts that noise."
     )
 
 
@@ -550,7 +552,9 @@ above, on the real patients of `../shared/data/sts_pet_ct` (TCIA Soft-tissue-Sar
 - **Statistics, by patient.** Dice per test slice, averaged per test patient and over the {len(s.seeds)} seeds
   before any test: paired t-test and Wilcoxon over the {len(split["test"])} test patients, the mean
   difference over patients with its 95 % t confidence interval and Cohen's d_z; a paired t-test over the
-  {len(s.seeds)} seed means. "reading" applies the patient t-test at 5 %.{noise_floor_note()}
+  {len(s.seeds)} seed means; and the test with the test patients and the seeds both random (patients × seeds:
+  `monai_pairsynth.metrics.compare_dice_crossed`, a two-way analysis of each seed's per-patient differences, as
+  readers and cases in MRMC studies). "reading" applies the patients × seeds test at 5 %.{noise_floor_note()}
 
 ### What came out
 
