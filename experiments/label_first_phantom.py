@@ -127,7 +127,8 @@ The GPU-trained per-arm generators of the experiment above are not on this machi
   deformed, placed inside the body of their case){f" ({given})" if given else ""}.
 - **Segmentation and statistics** as above: MONAI `UNet`, {s.seg_steps} steps in every arm, CT + PET input,
   {s.num_test} held-out test patients (one slice each), Dice averaged over the seeds per patient, paired
-  t-test and Wilcoxon over patients, 95 % CI, and a t-test over the {len(s.seeds)} seed means.
+  t-test and Wilcoxon over patients, 95 % CI, a t-test over the {len(s.seeds)} seed means, and the test with
+  the patients and the seeds both random (patients × seeds), which "reading" applies at 5 %.
 
 ### What came out
 

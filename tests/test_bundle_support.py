@@ -319,6 +319,7 @@ def test_write_evaluation_report(tmp_path, capsys):
         in printed
     )
     assert "| difference mixed - real only (paired over 3 patients) | +0.100 ± 0.100" in printed
+    assert "| what the p-value counts | the test patients only: each arm is one trained network" in printed
     with pytest.raises(ValueError, match="different lengths"):
         write_evaluation_report(tmp_path, {"a": [0.1], "b": [0.1, 0.2]})
 
@@ -336,6 +337,7 @@ def test_evaluation_report_slices_of_one_patient_give_no_p_value(tmp_path, capsy
     assert results["dice"]["mixed"]["n"] == 1 and results["dice"]["mixed"]["num_slices"] == 13
     printed = capsys.readouterr().out
     assert "(paired over 1 patients)" in printed and "p = n/a (a test needs at least 2 patients)" in printed
+    assert "what the p-value counts" not in printed  # no p-value, nothing to qualify
     # HECKTOR-style case ids of one patient (CHUM-001, CHUM-001_2) are one patient; slice ids give the patient
     two = write_evaluation_report(
         tmp_path,

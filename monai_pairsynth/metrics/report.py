@@ -72,6 +72,15 @@ def format_results_table(results: Mapping[str, Any]) -> str:
                 + (f"{p:.3g}" if p is not None else "n/a (a test needs at least 2 patients)"),
             )
         )
+        if comparison.get("unit") == "patient" and p is not None:
+            rows.append(
+                (
+                    "what the p-value counts",
+                    "the test patients only: each arm is one trained network, so retraining noise (about 0.02 Dice "
+                    "on the real-patient protocol) is not in it; train several seeds per arm and compare with "
+                    "metrics.compare_dice_crossed to count it",
+                )
+            )
     pool = results.get("pool")
     if pool:
         rejected = ", ".join(f"{k} {v}" for k, v in sorted(pool.get("rejected", {}).items())) or "none"
