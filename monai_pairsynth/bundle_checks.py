@@ -1,9 +1,11 @@
 """Settings checks of the bundle and its one-line errors (the bundle configs' ``initialize`` sections call these).
 
-A bad ``dataset_dir``, ratio, ``synthesis``, generator checkpoint or pool file stops the bundle with one clear line
-before anything is trained or written (:func:`install_one_line_errors`, :func:`check_dataset_dir`,
-:func:`check_synthetic_ratio`, :func:`check_synthesis`, :func:`check_generator_checkpoint`, :func:`check_pool_file`,
-:func:`check_files_exist`, :func:`check_mixing_settings`).
+A bad ``dataset_dir``, ratio, ``synthesis``, ``label_first_conditioning``, generator checkpoint or pool file stops
+the bundle with one clear line before anything is trained or written (:func:`install_one_line_errors`,
+:func:`check_dataset_dir`, :func:`check_synthetic_ratio`, :func:`check_synthesis`, :func:`check_conditioning`,
+:func:`check_generator_checkpoint`, :func:`check_pool_file`, :func:`check_files_exist`,
+:func:`check_mixing_settings`); :func:`check_mask_placement` builds the ``mask_placement`` component there too, so
+that a bad argument of it stops the run before anything is trained.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from typing import Any
 from monai_pairsynth.data.hecktor import DatasetError
 from monai_pairsynth.data.sources import BundleSettingError, _is_unset, real_datalist
 from monai_pairsynth.data.validation import check_allocation
+from monai_pairsynth.inferers.label_first_source import MaskPlacement
 from monai_pairsynth.mixing.pool_checks import (
     _size_text,
+    check_conditioning,
     check_generator_checkpoint,
+    check_mask_placement,
     check_pool_file,
     check_synthesis,
     check_synthetic_ratio,
@@ -28,9 +33,11 @@ from monai_pairsynth.mixing.pool_checks import (
 
 __all__ = [
     "BundleSettingError",
+    "check_conditioning",
     "check_dataset_dir",
     "check_files_exist",
     "check_generator_checkpoint",
+    "check_mask_placement",
     "check_mixing_settings",
     "check_pool_file",
     "check_synthesis",
@@ -45,12 +52,24 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _raised_by_mask_placement(exc: BaseException) -> bool:
+    """Whether ``exc`` is a ``ValueError`` raised by :class:`MaskPlacement`'s argument checks (a bad
+    ``mask_placement#...`` value of a bundle config)."""
+    if type(exc) is not ValueError or exc.__traceback__ is None:
+        return False
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code is MaskPlacement.__init__.__code__
+
+
 def _user_error(exc: BaseException | None) -> BaseException | None:
-    """The first :class:`BundleSettingError` / ``DatasetError`` in an exception's cause chain."""
+    """The first :class:`BundleSettingError` / ``DatasetError`` / bad :class:`MaskPlacement` argument in an
+    exception's cause chain."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (BundleSettingError, DatasetError)):
+        if isinstance(exc, (BundleSettingError, DatasetError)) or _raised_by_mask_placement(exc):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
@@ -62,8 +81,10 @@ def install_one_line_errors() -> None:
     ``python -m monai.bundle run`` re-raises any failure of a config expression as
     ``RuntimeError("Failed to evaluate ConfigExpression ...")`` under a traceback of some 50 lines that hides the
     reason. Called first in a config's ``initialize`` section, this installs a ``sys.excepthook`` that, for an
-    uncaught exception caused by a :class:`BundleSettingError` or a
-    :class:`~monai_pairsynth.data.hecktor.DatasetError`, prints only ``"<ErrorType>: <message>"`` to stderr (the
+    uncaught exception caused by a :class:`BundleSettingError`, a
+    :class:`~monai_pairsynth.data.hecktor.DatasetError` or a bad argument of the ``mask_placement`` component
+    (:class:`~monai_pairsynth.inferers.MaskPlacement`'s ``ValueError``, printed as
+    ``"ValueError: mask_placement#<argument> ..."``), prints only ``"<ErrorType>: <message>"`` to stderr (the
     process still exits with status 1). Every other exception keeps the usual traceback, and callers in Python
     (``monai.bundle.run(...)``) still receive the exception. Installing twice is a no-op.
     """
@@ -76,7 +97,9 @@ def install_one_line_errors() -> None:
         if err is None:
             previous(exc_type, exc, tb)
             return
-        print(f"{type(err).__name__}: {_one_line(str(err))}", file=sys.stderr, flush=True)
+        # MaskPlacement's messages start with the argument's name: name it as the config path that sets it
+        prefix = "mask_placement#" if _raised_by_mask_placement(err) else ""
+        print(f"{type(err).__name__}: {prefix}{_one_line(str(err))}", file=sys.stderr, flush=True)
 
     hook._monai_pairsynth_one_line = True  # type: ignore[attr-defined]
     sys.excepthook = hook
@@ -168,15 +191,17 @@ def check_mixing_settings(
     keys: Sequence[str] | None = None,
     pool_size: int | None = None,
     synthesis: str | None = None,
+    conditioning: str | None = None,
 ) -> float:
     """Check the synthetic-mixing settings of a segmentation run before anything is trained.
 
     ``synthetic_ratio`` must be a number in ``[0, 100]`` (:data:`~monai_pairsynth.data.validation.MAX_SYNTHETIC_RATIO`);
     when it is above 0, ``pool_file`` (if set) must be a pool of the configured grid and keys, else
     ``diffusion_checkpoint`` must be a generator of the configured grid, spacing and modalities, and a set
-    ``pool_size`` must fit in the memory available, and a set ``synthesis`` must be ``"joint"`` or
-    ``"label_first"`` (:func:`check_synthesis`, checked whatever the ratio). Nothing is checked about the
-    generator when the ratio is 0 (real only).
+    ``pool_size`` must fit in the memory available, a set ``synthesis`` must be ``"joint"`` or
+    ``"label_first"`` (:func:`check_synthesis`) and a set ``conditioning`` (the ``label_first_conditioning``
+    setting) ``"auto"``, ``"clean"`` or ``"clamp"`` (:func:`check_conditioning`), these two checked whatever the
+    ratio. Nothing is checked about the generator when the ratio is 0 (real only).
 
     Returns:
         the ratio as a float.
@@ -191,6 +216,8 @@ def check_mixing_settings(
     ratio = check_synthetic_ratio(synthetic_ratio)
     if synthesis is not None:
         check_synthesis(synthesis)
+    if conditioning is not None:
+        check_conditioning(conditioning)
     if ratio > 0 and not _is_unset(pool_size) and spatial_size is not None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise BundleSettingError(

@@ -56,6 +56,29 @@ def _randint(generator: torch.Generator, high: int) -> int:
     return int(torch.randint(high, (), generator=generator, device=generator.device).item())
 
 
+def _float_or_none(value: Any) -> float | None:
+    """``value`` as a float, ``None`` when it is not a number (a bool, a string, a list)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_pair(value: Any) -> tuple[float, float] | None:
+    """``(low, high)`` as floats, ``None`` when ``value`` is not a sequence (or array) of two numbers."""
+    if isinstance(value, (str, bytes, Mapping)):
+        return None
+    try:
+        pair = [_float_or_none(v) for v in value]
+    except TypeError:  # not iterable
+        return None
+    if len(pair) != 2 or None in pair:
+        return None
+    return float(pair[0]), float(pair[1])  # type: ignore[arg-type]
+
+
 def _bbox(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper (inclusive) voxel index of a non-empty ``(*spatial)`` boolean mask."""
     low, high = [], []
@@ -125,27 +148,29 @@ class MaskPlacement:
         max_tries: int = 20,
         margin: int = 1,
     ) -> None:
-        if not (math.isfinite(float(rotate_degrees)) and float(rotate_degrees) >= 0):
+        rotate = _float_or_none(rotate_degrees)
+        if rotate is None or not (math.isfinite(rotate) and rotate >= 0):
             raise ValueError(f"rotate_degrees must be a finite number >= 0, got {rotate_degrees!r}.")
-        scale = tuple(float(s) for s in scale_range)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] or not math.isfinite(scale[1]):
+        scale = _float_pair(scale_range)
+        if scale is None or not 0 < scale[0] <= scale[1] or not math.isfinite(scale[1]):
             raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}.")
-        magnitude = tuple(float(m) for m in elastic_magnitude)
-        if len(magnitude) != 2 or not 0 <= magnitude[0] <= magnitude[1] or not math.isfinite(magnitude[1]):
+        magnitude = _float_pair(elastic_magnitude)
+        if magnitude is None or not 0 <= magnitude[0] <= magnitude[1] or not math.isfinite(magnitude[1]):
             raise ValueError(
                 f"elastic_magnitude must be (low, high) with 0 <= low <= high, got {elastic_magnitude!r}."
             )
-        if elastic_spacing is not None and not float(elastic_spacing) > 0:
-            raise ValueError(f"elastic_spacing must be > 0 or None, got {elastic_spacing!r}.")
+        spacing = _float_or_none(elastic_spacing)
+        if elastic_spacing is not None and (spacing is None or not (math.isfinite(spacing) and spacing > 0)):
+            raise ValueError(f"elastic_spacing must be a finite number > 0 or None, got {elastic_spacing!r}.")
         if isinstance(max_tries, bool) or not isinstance(max_tries, int) or max_tries < 1:
             raise ValueError(f"max_tries must be an integer >= 1, got {max_tries!r}.")
         if isinstance(margin, bool) or not isinstance(margin, int) or margin < 0:
             raise ValueError(f"margin must be an integer >= 0 (voxels), got {margin!r}.")
         self.margin = margin
-        self.rotate_degrees = float(rotate_degrees)
+        self.rotate_degrees = rotate
         self.scale_range = scale
         self.elastic_magnitude = magnitude
-        self.elastic_spacing = None if elastic_spacing is None else float(elastic_spacing)
+        self.elastic_spacing = spacing
         self.max_tries = max_tries
         self._elastic_cache: dict[tuple[int, ...], Any] = {}
 

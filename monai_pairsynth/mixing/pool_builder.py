@@ -472,6 +472,7 @@ def mixing_pool(
     specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     synthesis: Synthesis | str = Synthesis.JOINT,
     conditioning: str = "auto",
+    placement: MaskPlacement | None = None,
 ) -> Any | None:
     """The synthesis pool a segmentation run mixes from: ``None`` for ``synthetic_ratio == 0`` (real only).
 
@@ -483,8 +484,10 @@ def mixing_pool(
     default linear map for a checkpoint trained with it). ``real_data`` is in physical units: read it with a PET
     map that reaches as high as the generator's (``pet_intensity`` as in ``train_diffusion.json``), or the
     filter's real reference is clipped where the generated PET is not. ``synthesis`` (:class:`Synthesis`) picks
-    joint sampling or label-first pools (the masks drawn from ``real_data``, CT + PET generated for them with
-    ``conditioning``); a loaded ``pool_file`` keeps how it was made (logged, in ``pool.generation``).
+    joint sampling or label-first pools (the masks drawn from ``real_data`` and moved by ``placement``, a
+    :class:`~monai_pairsynth.inferers.MaskPlacement`, default ``MaskPlacement()``; CT + PET generated for them
+    with ``conditioning``); a loaded ``pool_file`` keeps how it was made (logged, in ``pool.generation``), and
+    ``conditioning`` and ``placement`` are not used for it.
 
     Raises:
         BundleSettingError: a bad ratio, pool file or checkpoint, or no real data to fit the filter on.
@@ -541,6 +544,7 @@ def mixing_pool(
         synthesis=kind,
         real_data=real_data,
         conditioning=conditioning,
+        placement=placement,
     )
 
 

@@ -1,5 +1,5 @@
 """Settings checks of the synthetic side of a run: the mixing ratio, how the pool is synthesised (joint or
-label-first), a generator checkpoint and a pool file against the run's grid and modalities (re-exported by
+label-first, and how a label-first pool feeds its masks), a generator checkpoint and a pool file against the run's grid and modalities (re-exported by
 :mod:`monai_pairsynth.bundle_checks`)."""
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ from monai.utils import look_up_option
 from monai_pairsynth.data.sources import BundleSettingError, _is_unset
 from monai_pairsynth.data.validation import check_ratio
 from monai_pairsynth.engines import read_paired_checkpoint
+from monai_pairsynth.inferers.label_first_source import CONDITIONING_MODES, MaskPlacement
 
 from .synthesis_pool import SynthesisPool
 
 __all__ = [
     "Synthesis",
+    "check_conditioning",
     "check_generator_checkpoint",
+    "check_mask_placement",
     "check_pool_file",
     "check_synthesis",
     "check_synthetic_ratio",
@@ -56,6 +59,58 @@ def check_synthesis(synthesis: Any) -> str:
         raise BundleSettingError(
             f"synthesis must be one of {[m.value for m in Synthesis]}, got {synthesis!r}."
         ) from None
+
+
+def check_conditioning(conditioning: Any, setting: str = "label_first_conditioning") -> str:
+    """Validate how a label-first pool feeds its masks to the sampler (the bundle's ``label_first_conditioning``):
+    ``"auto"`` (clean at t = 0 for a checkpoint trained with per-modality timesteps, else clamped), ``"clean"`` or
+    ``"clamp"`` (:data:`~monai_pairsynth.inferers.label_first_source.CONDITIONING_MODES`); returns its value.
+
+    Args:
+        conditioning: the value.
+        setting: the setting's name in the message.
+
+    Raises:
+        BundleSettingError: naming the setting, the value and the options.
+
+    Example:
+        >>> check_conditioning("clean")
+        'clean'
+        >>> check_conditioning("clear")
+        Traceback (most recent call last):
+        ...
+        monai_pairsynth.data.sources.BundleSettingError: label_first_conditioning must be one of ['auto', 'clean', 'clamp'], got 'clear'.
+    """
+    try:
+        return look_up_option(conditioning, CONDITIONING_MODES)
+    except (ValueError, TypeError):
+        raise BundleSettingError(
+            f"{setting} must be one of {list(CONDITIONING_MODES)}, got {conditioning!r}."
+        ) from None
+
+
+def check_mask_placement(placement: Any, setting: str = "mask_placement") -> MaskPlacement | None:
+    """Check the bundle's ``mask_placement`` component: a :class:`~monai_pairsynth.inferers.MaskPlacement` (or
+    another callable with its call signature) or ``None`` (the default placement); returns it.
+
+    Called in a config's ``initialize`` section with ``"@mask_placement"``, it builds the component before anything
+    is trained, so a bad argument (e.g. ``--mask_placement#rotate_degrees -5``) stops the run at once with
+    ``MaskPlacement``'s ``ValueError`` naming the argument.
+
+    Raises:
+        BundleSettingError: ``placement`` is neither ``None`` nor callable.
+
+    Example:
+        >>> check_mask_placement(MaskPlacement(rotate_degrees=30)).rotate_degrees
+        30.0
+    """
+    if placement is None or (isinstance(placement, str) and _is_unset(placement)):
+        return None
+    if not callable(placement):
+        raise BundleSettingError(
+            f"{setting} must be a MaskPlacement (or null for the default one), got {placement!r}."
+        )
+    return placement
 
 
 def check_synthetic_ratio(ratio: Any) -> float:

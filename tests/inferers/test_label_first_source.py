@@ -138,10 +138,19 @@ def test_placement_falls_back_to_the_original_mask():
         ({"elastic_magnitude": (-1, 1)}, "elastic_magnitude"),
         ({"max_tries": 0}, "max_tries"),
         ({"margin": -1}, "margin"),
+        # values that are not numbers (e.g. a mistyped bundle override) name the argument too
+        ({"rotate_degrees": "abc"}, "rotate_degrees"),
+        ({"rotate_degrees": None}, "rotate_degrees"),
+        ({"scale_range": 1.0}, "scale_range"),
+        ({"scale_range": (0.8, 1.0, 1.2)}, "scale_range"),
+        ({"elastic_magnitude": (0, "x")}, "elastic_magnitude"),
+        ({"elastic_spacing": "x"}, "elastic_spacing"),
+        ({"elastic_spacing": float("inf")}, "elastic_spacing"),
     ],
 )
 def test_placement_refuses_bad_ranges(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    # the message starts with the argument's name: the bundle prints it as mask_placement#<name> ...
+    with pytest.raises(ValueError, match=rf"^{message} must be "):
         MaskPlacement(**kwargs)
 
 
