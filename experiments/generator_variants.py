@@ -123,13 +123,22 @@ class VariantData(real_patients.RealData):
 
 
 def share_filter(root: Path, variant: str) -> None:
-    """Give the variant's pool the reference pool's quality filter (same patients, same seed: the same fit), so the
-    variants differ in their generator only."""
-    ref, var = VariantData(root).pool_name(N_REAL, 0), VariantData(root, variant=variant).pool_name(N_REAL, 0)
+    """Give the variant's pool the reference pool's quality filter, so the variants differ in their generator only.
+
+    The filter is the one ``downstream.arm_filter`` keeps beside the reference pool (fitted on the 24 patients with
+    the experiment's seed; fitted and kept now where the reference pool predates that cache: the same data, seed
+    and settings), copied under the variant's pool name."""
+    import downstream
+
+    s = real_patients.settings(quick=False)
+    data = VariantData(root)
+    ref, var = (
+        data.pool_name(N_REAL, s.seeds[0]),
+        VariantData(root, variant=variant).pool_name(N_REAL, s.seeds[0]),
+    )
+    downstream.arm_filter(root, ref, data.train(N_REAL, s.seeds[0]), s, s.seeds[0])
     for suffix in ("_filter.pt", "_segmenter.pt"):
         src, dst = root / "pools" / f"{ref}{suffix}", root / "pools" / f"{var}{suffix}"
-        if not src.is_file():
-            raise SystemExit(f"{src} is missing: run `experiments/real_patients.py pools` first")
         if not dst.is_file():
             shutil.copyfile(src, dst)
 
